@@ -1,0 +1,82 @@
+"""The method contract: what a registered SSL method gives the trainer.
+
+A method is one file: a frozen config dataclass with paper defaults, its heads,
+a pure loss function, and a :class:`Method` subclass registered with
+``@METHODS.register("name", ConfigClass)``. The trainer only talks to this
+interface; it never names a method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+
+from backbones.registry import Registry
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+@dataclass
+class StepOutput:
+    """What one training step of a method returns."""
+
+    loss: Tensor  # scalar the trainer back-propagates
+    features: Tensor  # (B, F) backbone features of view 0, for the online probe
+    embeddings: Tensor  # (B, D) projector output of view 0, for collapse diagnostics
+    logs: dict[str, Tensor] = field(default_factory=dict)  # loss parts, detached
+
+
+@dataclass
+class ParamGroup:
+    """A group of parameters with its optimisation settings.
+
+    ``lr_scale`` multiplies the scheduled lr; ``fixed_lr`` keeps the peak lr for the
+    whole run (SimSiam's predictor); ``exclude_wd_and_lars`` removes weight decay and
+    LARS adaptation (the official rule for ``ndim == 1`` parameters).
+    """
+
+    name: str
+    params: list[nn.Parameter]
+    lr_scale: float = 1.0
+    fixed_lr: bool = False
+    exclude_wd_and_lars: bool = False
+
+
+def split_by_ndim(name: str, module: nn.Module, **kwargs: Any) -> list[ParamGroup]:
+    """Trainable parameters of ``module``: ndim > 1 weights, and ndim == 1 excluded."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    groups = [
+        ParamGroup(name, [p for p in params if p.ndim > 1], **kwargs),
+        ParamGroup(f"{name}_bias_bn", [p for p in params if p.ndim <= 1],
+                   exclude_wd_and_lars=True, **kwargs),
+    ]
+    return [g for g in groups if g.params]
+
+
+class Method(nn.Module):
+    """Base class: a backbone plus method-specific heads and a loss."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def training_loss(self, views: Sequence[Tensor]) -> StepOutput:
+        """Loss on a list of augmented views, each (B, 3, H, W)."""
+        raise NotImplementedError
+
+    def forward(self, views: Sequence[Tensor]) -> StepOutput:
+        return self.training_loss(views)
+
+    def param_groups(self) -> list[ParamGroup]:
+        """Default: every trainable parameter, ndim == 1 ones excluded from wd/LARS."""
+        return split_by_ndim("all", self)
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """Hook after each optimizer step (BYOL's EMA); default no-op."""
+
+    def export_meta(self) -> dict[str, Any]:
+        """Extra metadata stored in ``backbone.pth`` (e.g. a second branch's name)."""
+        return {}

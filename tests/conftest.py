@@ -1,0 +1,37 @@
+"""Shared fixtures: a tiny Fashion-MNIST written in the real IDX layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.slurm_fixtures import slurm_cluster  # noqa: F401  (session fixture)
+from trainer.datasets import write_idx
+
+
+def make_fashion_like(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable 28×28 images: each class is a bar at its own place and angle, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    rng.shuffle(labels)
+    yy, xx = np.mgrid[0:28, 0:28]
+    images = np.empty((n, 28, 28), dtype=np.uint8)
+    for i, c in enumerate(labels):
+        angle = np.pi * c / 10
+        d = np.abs((xx - 14) * np.sin(angle) - (yy - 14) * np.cos(angle))
+        img = 200 * (d < 2.5 + (c % 3)) + rng.normal(30, 20, (28, 28))
+        images[i] = np.clip(img, 0, 255).astype(np.uint8)
+    return images, labels.astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def fmnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with the four Fashion-MNIST IDX files (256 train, 128 test images)."""
+    root = tmp_path_factory.mktemp("fashion-mnist")
+    for prefix, n, seed in (("train", 256, 0), ("t10k", 128, 1)):
+        images, labels = make_fashion_like(n, seed)
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return root

@@ -1,0 +1,120 @@
+"""The trainer end to end on a tiny Fashion-MNIST in the real IDX layout."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from trainer.config import config_hash, load_config
+from trainer.loop import NonFiniteLossError, train
+
+
+def overrides(root: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [f"data.root={root}", f"run_dir={run_dir}", "backbone.name=tiny_cnn",
+            "backbone.width=4", "method.projector=32-32", "train.epochs=3",
+            "train.batch_size=32", "data.val_samples=64", "aug.crop_size=28",
+            "train.ckpt_every_steps=3", "train.progress=false", "train.tensorboard=false",
+            "train.log_every_steps=4", *extra]
+
+
+def final_state(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoint.pth", weights_only=True)["module"]
+
+
+def assert_bit_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test__run_folder_contents_and_backbone_export(fmnist_root: Path, tmp_path: Path) -> None:
+    cfg = load_config(overrides=overrides(fmnist_root, tmp_path / "run"))
+    run_dir = train(cfg)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["config_hash"] == config_hash(cfg) and saved["git_sha"]
+    assert saved["peak_lr"] == pytest.approx(0.2 * 32 / 256)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    for key in ("loss", "invariance", "variance", "covariance", "probe_train_acc",
+                "probe_val_acc", "std_mean", "std_min", "effective_rank", "lr"):
+        assert all(key in r for r in epochs), key
+    ckpt = torch.load(run_dir / "backbone.pth", weights_only=True)
+    assert ckpt["format"] == "sslbench.backbone/1"
+    meta = ckpt["meta"]
+    assert meta["backbone"] == "tiny_cnn" and meta["backbone_kwargs"] == {"width": 4}
+    assert meta["method"] == "vicreg" and meta["steps_done"] == meta["steps_total"] == 24
+    assert not any(k.startswith(("projector", "method.")) for k in ckpt["state_dict"])
+    # re-launching a finished run does nothing and changes nothing
+    before = (run_dir / "checkpoint.pth").stat().st_mtime_ns
+    train(cfg)
+    assert (run_dir / "checkpoint.pth").stat().st_mtime_ns == before
+
+
+def test__stop_and_resume_mid_epoch_is_bit_identical(fmnist_root: Path, tmp_path: Path) -> None:
+    straight = train(load_config(overrides=overrides(fmnist_root, tmp_path / "a")))
+    # 10 steps is mid-epoch (8 steps per epoch) and between checkpoints at 9 and 12.
+    split = tmp_path / "b"
+    train(load_config(overrides=overrides(fmnist_root, split, "train.max_steps=10")))
+    assert torch.load(split / "checkpoint.pth", weights_only=True)["step"] == 10
+    assert not (split / "DONE").exists()
+    train(load_config(overrides=overrides(fmnist_root, split)))
+    assert_bit_identical(final_state(straight), final_state(split))
+
+
+def test__killed_process_resumes_to_identical_weights(fmnist_root: Path, tmp_path: Path) -> None:
+    straight = train(load_config(overrides=overrides(fmnist_root, tmp_path / "a",
+                                                     "train.epochs=4")))
+    killed = tmp_path / "k"
+    args = overrides(fmnist_root, killed, "train.epochs=4", "train.ckpt_every_steps=2")
+    # Same thread count as this process: bit-exactness holds for a fixed reduction order.
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen([sys.executable, "-m", "trainer.train", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt = killed / "checkpoint.pth"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = torch.load(ckpt, weights_only=True)["step"]
+    assert 0 < step < 32, "the process should have been killed mid-run"
+    assert not (killed / "backbone.pth").exists()
+    train(load_config(overrides=args))
+    assert_bit_identical(final_state(straight), final_state(killed))
+
+
+def test__nan_loss_stops_with_clear_error_and_keeps_last_good(fmnist_root: Path,
+                                                              tmp_path: Path) -> None:
+    run = tmp_path / "nan"
+    cfg = load_config(overrides=overrides(
+        fmnist_root, run, "optim.name=sgd", "optim.base_lr=1e12", "optim.warmup_epochs=0.5",
+        "train.ckpt_every_steps=1"))
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
+        train(cfg)
+    state = torch.load(run / "checkpoint.pth", weights_only=True)
+    assert state["step"] >= 1
+    assert all(torch.isfinite(v).all() for v in state["module"].values() if v.is_floating_point())
+    assert not (run / "backbone.pth").exists()
+
+
+def test__checkpoint_of_another_config_is_refused(fmnist_root: Path, tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    train(load_config(overrides=overrides(fmnist_root, run, "train.max_steps=2")))
+    with pytest.raises(RuntimeError, match="different config"):
+        train(load_config(overrides=overrides(fmnist_root, run, "optim.base_lr=0.5")))
+
+
+def test__cli_rejects_typos(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "trainer.train", "--dry-run", "train.epoch=3"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "valid keys" in out.stderr and "epochs" in out.stderr

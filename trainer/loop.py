@@ -1,0 +1,370 @@
+"""The shared pretraining loop. It never names a method, a backbone or a dataset.
+
+It owns what every method needs: the multi-view data path, the optimizer and
+schedule, AMP, DDP + global-batch BN, the online linear probe, collapse
+diagnostics, logging, atomic checkpoints with auto-resume, and the export of
+``backbone.pth``, the only artefact the eval battery reads.
+
+Everything random is a function of (seed, epoch, step): the data order of an epoch
+and the augmentation of a step are re-derived on resume, so a killed run resumes
+to bit-identical weights on CPU, and N processes see exactly the global batch and
+augmentations that one process would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+import methods  # noqa: F401  (fills the registry)
+from backbones import BACKBONES
+from methods.base import METHODS, Method, StepOutput
+from methods.dist import all_reduce_mean, is_distributed
+from trainer.augment import EvalTransform, MultiViewAugment, resolve_views
+from trainer.config import RunConfig, config_hash, default_run_dir, save_config
+from trainer.datasets import DATASETS, ImageSet
+from trainer.diagnostics import MetricsLogger, embedding_stats
+from trainer.dist import DistInfo, convert_sync_bn, init_distributed
+from trainer.io import atomic_torch_save, atomic_write_text, git_sha
+from trainer.optim import build_optimizer, lr_factor, peak_lr, set_lr
+
+log = logging.getLogger("sslbench.trainer")
+BACKBONE_FORMAT = "sslbench.backbone/1"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+class TrainModule(nn.Module):
+    """The method plus the online probe, wrapped together so DDP syncs both."""
+
+    def __init__(self, method: Method, num_classes: int) -> None:
+        super().__init__()
+        self.method = method
+        self.probe = nn.Linear(method.backbone.num_features, num_classes)
+
+    def forward(self, views: list[Tensor], labels: Tensor) -> tuple[StepOutput, Tensor, Tensor]:
+        out = self.method.training_loss(views)
+        # detached: the probe never trains the backbone
+        logits = self.probe(out.features.detach().to(self.probe.weight.dtype))
+        return out, logits, F.cross_entropy(logits, labels)
+
+
+@dataclass
+class Run:
+    """Everything built for one run."""
+
+    cfg: RunConfig
+    info: DistInfo
+    run_dir: Path
+    train_set: ImageSet
+    val_set: ImageSet
+    augment: MultiViewAugment
+    eval_tf: EvalTransform
+    module: TrainModule
+    model: nn.Module  # module, possibly DDP-wrapped and compiled
+    optimizer: torch.optim.Optimizer
+    probe_optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    steps_per_epoch: int
+    peak_lr: float
+
+    @property
+    def autocast(self) -> Any:
+        p = _precision(self.cfg, self.info)
+        if p == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if p == "bf16" else torch.float16
+        return torch.autocast(self.info.device.type, dtype=dtype)
+
+
+def _precision(cfg: RunConfig, info: DistInfo) -> str:
+    p = cfg.train.precision
+    return ("bf16" if info.device.type == "cuda" else "fp32") if p == "auto" else p
+
+
+def _channels_last(cfg: RunConfig, info: DistInfo) -> bool:
+    c = cfg.train.channels_last
+    return info.device.type == "cuda" if c == "auto" else c == "on"
+
+
+def build_run(cfg: RunConfig, info: DistInfo, run_dir: Path) -> Run:
+    """Datasets, augmentation, model, optimizers: everything but the loop."""
+    torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
+    train_set = DATASETS.build(cfg.data.name, root=cfg.data.root, split="train")
+    if cfg.data.num_samples:
+        train_set = train_set.subset(cfg.data.num_samples)
+    val_set = DATASETS.build(cfg.data.name, root=cfg.data.root, split="test")
+    val_set = val_set.subset(min(cfg.data.val_samples, len(val_set)))
+    views = resolve_views(cfg.aug)
+    augment = MultiViewAugment(views, train_set.mean, train_set.std).to(info.device)
+    eval_tf = EvalTransform(views[0].crop_size, views[0].crop_size, train_set.mean,
+                            train_set.std).to(info.device)
+    backbone = BACKBONES.build(cfg.backbone.name, **cfg.backbone.cfg)
+    method = METHODS.get(cfg.method.name).factory(backbone, cfg.method.cfg)
+    module = TrainModule(method, len(train_set.classes))
+    if info.world_size > 1 and cfg.train.sync_bn:
+        module = convert_sync_bn(module, info.device)
+    module = module.to(info.device)
+    if _channels_last(cfg, info):
+        module = module.to(memory_format=torch.channels_last)
+    fused = info.device.type == "cuda"
+    optimizer = build_optimizer(module.method.param_groups(), cfg.optim, use_fused=fused)
+    probe_optimizer = torch.optim.SGD(module.probe.parameters(), lr=cfg.train.probe_lr,
+                                      momentum=0.9)
+    model: nn.Module = module
+    if info.world_size > 1:
+        model = DistributedDataParallel(module, device_ids=[info.device.index]
+                                        if info.device.type == "cuda" else None)
+    if cfg.train.compile:
+        model = torch.compile(model)
+    global_batch = cfg.train.batch_size
+    if global_batch % info.world_size:
+        raise ValueError(f"train.batch_size={global_batch} is not divisible by the "
+                         f"{info.world_size} processes")
+    steps_per_epoch = len(train_set) // global_batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"train.batch_size={global_batch} exceeds the {len(train_set)} "
+                         "training images")
+    scaler = torch.amp.GradScaler(info.device.type, enabled=_precision(cfg, info) == "fp16")
+    return Run(cfg, info, run_dir, train_set, val_set, augment, eval_tf, module, model, optimizer,
+               probe_optimizer, scaler, steps_per_epoch, peak_lr(cfg.optim, global_batch))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _checkpoint_path(run_dir: Path) -> Path:
+    return run_dir / "checkpoint.pth"
+
+
+def save_checkpoint(run: Run, step: int) -> None:
+    """Atomically write everything needed to resume after ``step`` steps (rank 0)."""
+    if not run.info.is_main:
+        return
+    state = {
+        "step": step,
+        "module": run.module.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "probe_optimizer": run.probe_optimizer.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "rng": torch.get_rng_state(),
+        "config_hash": config_hash(run.cfg),
+    }
+    atomic_torch_save(state, _checkpoint_path(run.run_dir))
+
+
+def load_checkpoint(run: Run) -> int:
+    """Restore the latest checkpoint of the run folder; returns the step to resume at."""
+    path = _checkpoint_path(run.run_dir)
+    if not path.exists():
+        return 0
+    state = torch.load(path, map_location=run.info.device, weights_only=True)
+    if state["config_hash"] != config_hash(run.cfg):
+        raise RuntimeError(f"{path} belongs to a different config (hash {state['config_hash'][:8]}"
+                           f" vs {config_hash(run.cfg)[:8]}); use another run_dir")
+    run.module.load_state_dict(state["module"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.probe_optimizer.load_state_dict(state["probe_optimizer"])
+    run.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"].cpu())
+    log.info("resumed %s at step %d", run.run_dir, state["step"])
+    return int(state["step"])
+
+
+def export_backbone(run: Run, step: int, total_steps: int) -> Path:
+    """Write ``backbone.pth``: torchvision-format state dict + metadata (rank 0)."""
+    method = run.module.method
+    meta = {
+        "backbone": run.cfg.backbone.name,
+        "backbone_kwargs": dict(run.cfg.backbone.cfg),
+        "num_features": int(method.backbone.num_features),
+        "method": run.cfg.method.name,
+        "config_hash": config_hash(run.cfg),
+        "git_sha": git_sha(),
+        "steps_done": step,
+        "steps_total": total_steps,
+        **method.export_meta(),
+    }
+    sd = {k: v.detach().cpu().contiguous() for k, v in method.backbone.state_dict().items()}
+    path = run.run_dir / "backbone.pth"
+    if run.info.is_main:
+        atomic_torch_save({"format": BACKBONE_FORMAT, "state_dict": sd, "meta": meta}, path)
+    return path
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _batch(run: Run, step: int) -> tuple[list[Tensor], Tensor]:
+    """This rank's slice of the global batch of ``step``, augmented on the device."""
+    cfg, info = run.cfg, run.info
+    epoch, it = divmod(step, run.steps_per_epoch)
+    g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
+    perm = torch.randperm(len(run.train_set), generator=g)
+    global_batch = cfg.train.batch_size
+    local = global_batch // info.world_size
+    idx = perm[it * global_batch:(it + 1) * global_batch][info.rank * local:(info.rank + 1) * local]
+    x = run.train_set.images[idx].to(info.device, non_blocking=True)
+    y = run.train_set.labels[idx].to(info.device, non_blocking=True)
+    views = run.augment(x, seed=cfg.train.seed * 1_000_000_007 + step, global_batch=global_batch,
+                        offset=info.rank * local)
+    if _channels_last(cfg, info):
+        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    return views, y
+
+
+def train_step(run: Run, step: int, total_steps: int) -> tuple[StepOutput, Tensor, Tensor, float]:
+    """One optimisation step; returns the method output, probe logits, labels and lr."""
+    views, y = _batch(run, step)
+    factor = lr_factor(run.cfg.optim, step, run.steps_per_epoch, run.cfg.train.epochs)
+    lr = set_lr(run.optimizer, run.peak_lr, factor)
+    with run.autocast:
+        out, logits, probe_loss = run.model(views, y)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.probe_optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(out.loss + probe_loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.step(run.probe_optimizer)
+    run.scaler.update()
+    run.module.method.after_optimizer_step(step, total_steps)
+    return out, logits, y, lr
+
+
+def _check_finite(loss_sum: Tensor, step: int, run: Run) -> None:
+    bad = all_reduce_mean((~torch.isfinite(loss_sum)).float())
+    if bad.item() > 0:
+        raise NonFiniteLossError(
+            f"loss became NaN/inf by step {step} of {run.run_dir}; stopped. The last good "
+            f"checkpoint ({_checkpoint_path(run.run_dir)}) is kept; lower optim.base_lr or use "
+            "train.precision=fp32")
+
+
+@torch.no_grad()
+def probe_val_accuracy(run: Run, batch_size: int = 512) -> float:
+    """Accuracy of the online probe on held-out images (eval-mode backbone)."""
+    module = run.module
+    was_training = module.training
+    module.eval()
+    correct = 0
+    for i in range(0, len(run.val_set), batch_size):
+        x = run.val_set.images[i:i + batch_size].to(run.info.device)
+        y = run.val_set.labels[i:i + batch_size].to(run.info.device)
+        with run.autocast:
+            h = module.method.backbone(run.eval_tf(x))
+        correct += (module.probe(h.float()).argmax(1) == y).sum().item()
+    module.train(was_training)
+    return correct / max(len(run.val_set), 1)
+
+
+class _EpochMeter:
+    """Running sums of the logged quantities over an epoch (device tensors, few syncs)."""
+
+    def __init__(self, diag_samples: int) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.count = 0
+        self.correct = 0.0
+        self.seen = 0
+        self.embeddings: list[Tensor] = []
+        self.diag_samples = diag_samples
+
+    def add(self, out: StepOutput, logits: Tensor, y: Tensor) -> None:
+        parts = {"loss": out.loss.detach(), **out.logs}
+        for k, v in parts.items():
+            self.sums[k] = self.sums.get(k, 0) + v.float()
+        self.count += 1
+        self.correct += (logits.argmax(1) == y).sum()
+        self.seen += len(y)
+        self.embeddings.append(out.embeddings.float())
+        while sum(len(e) for e in self.embeddings[1:]) >= self.diag_samples:
+            self.embeddings.pop(0)  # keep the most recent diag_samples rows
+
+    def means(self) -> dict[str, float]:
+        out = {k: all_reduce_mean(v / self.count).item() for k, v in self.sums.items()}
+        out["probe_train_acc"] = all_reduce_mean(torch.as_tensor(self.correct / self.seen)).item()
+        return out
+
+
+def _epoch_end(run: Run, meter: _EpochMeter, logger: MetricsLogger, epoch: int, step: int,
+               lr: float) -> dict[str, float]:
+    z = torch.cat(meter.embeddings)[-run.cfg.train.diag_samples:]
+    record = {"epoch": epoch, "lr": lr, **meter.means(), **embedding_stats(z)}
+    if run.info.is_main:
+        record["probe_val_acc"] = probe_val_accuracy(run)
+    logger.log("epoch", step, record)
+    return record
+
+
+def train(cfg: RunConfig) -> Path:
+    """Pretrain (or resume) the run described by ``cfg``; returns its run folder."""
+    info = init_distributed(cfg.train.device)
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+    run = build_run(cfg, info, run_dir)
+    total_steps = run.steps_per_epoch * cfg.train.epochs
+    stop = min(total_steps, cfg.train.max_steps) if cfg.train.max_steps else total_steps
+    if info.is_main and not (run_dir / "config.yaml").exists():
+        save_config(cfg, run_dir / "config.yaml", {
+            "git_sha": git_sha(), "config_hash": config_hash(cfg), "world_size": info.world_size,
+            "device": str(info.device), "precision": _precision(cfg, info),
+            "peak_lr": run.peak_lr, "steps_per_epoch": run.steps_per_epoch,
+            "total_steps": total_steps})
+    start = load_checkpoint(run)
+    finished = stop < total_steps or (run_dir / "DONE").exists()
+    if start >= stop and (run_dir / "backbone.pth").exists() and finished:
+        log.info("%s already finished (%d steps)", run_dir, start)
+        return run_dir
+    _loop(run, start, stop, total_steps)
+    export_backbone(run, stop, total_steps)
+    if info.is_main and stop == total_steps:
+        atomic_write_text(run_dir / "DONE", f"{stop}\n")
+    return run_dir
+
+
+def _loop(run: Run, start: int, stop: int, total_steps: int) -> None:
+    cfg, info = run.cfg, run.info
+    logger = MetricsLogger(run.run_dir, info.is_main, cfg.train.tensorboard)
+    bar = tqdm(total=stop, initial=start, disable=not (info.is_main and cfg.train.progress),
+               desc=run.run_dir.name, dynamic_ncols=True)
+    meter = _EpochMeter(cfg.train.diag_samples)
+    loss_sum = torch.zeros((), device=info.device)
+    run.model.train()
+    t0, lr = time.perf_counter(), 0.0
+    try:
+        for step in range(start, stop):
+            out, logits, y, lr = train_step(run, step, total_steps)
+            loss_sum = loss_sum + out.loss.detach()
+            meter.add(out, logits, y)
+            done = step + 1
+            epoch_end = done % run.steps_per_epoch == 0
+            if done % cfg.train.log_every_steps == 0 or epoch_end or done == stop:
+                _check_finite(loss_sum, done, run)
+                ips = (done - start) * cfg.train.batch_size / (time.perf_counter() - t0)
+                parts = {k: v.item() for k, v in out.logs.items()}
+                logger.log("step", done, {"loss": out.loss.item(), "lr": lr, "img_per_s": ips,
+                                          **parts})
+                bar.set_postfix(loss=f"{out.loss.item():.3f}", img_s=f"{ips:.0f}",
+                                **{k: f"{v:.3g}" for k, v in parts.items()})
+            bar.update(1)
+            if epoch_end:
+                _epoch_end(run, meter, logger, done // run.steps_per_epoch, done, lr)
+                meter = _EpochMeter(cfg.train.diag_samples)
+            if epoch_end or done == stop or (cfg.train.ckpt_every_steps
+                                             and done % cfg.train.ckpt_every_steps == 0):
+                _check_finite(loss_sum, done, run)
+                save_checkpoint(run, done)
+    finally:
+        bar.close()
+        logger.close()
+    if is_distributed():
+        torch.distributed.barrier()
