@@ -39,8 +39,18 @@ demo: setup
 train: setup
 	$(PY) -m trainer.train $(ARGS)
 
+# make sweep METHOD=<name> [SPEC=sweeps/specs/x.yaml] [CLUSTER=auto|slurm|local] [NAME=...]
+#            [DRY_RUN=1] [WAIT=1] [key=value ...]   (see sweeps/README.md)
+# Dotted key=value words (train.epochs=10 slurm.partition=gpu eval.suite=mini) and seeds=[..]
+# go to the launcher. With SPEC and no METHOD on the command line, the spec's methods are kept.
+SWEEP_KV = $(foreach v,$(MAKEOVERRIDES),$(if $(or $(findstring .,$(firstword $(subst =, ,$(v)))),$(filter seeds=%,$(v))),'$(v)'))
 sweep: setup
-	$(PY) -m sweeps.launch --method $(METHOD) $(ARGS)
+	$(PY) -m sweeps.launch $(if $(SPEC),--spec '$(SPEC)') $(if $(or $(filter-out file default undefined,$(origin METHOD)),$(if $(SPEC),,1)),--method '$(METHOD)') --cluster '$(or $(CLUSTER),auto)' $(if $(NAME),--name '$(NAME)') $(if $(DRY_RUN),--dry-run) $(if $(WAIT),--wait) $(SWEEP_KV) $(ARGS)
+
+# make sweep-status [SWEEP=<name or folder>]: state of every run (all sweeps under runs/ if none)
+.PHONY: sweep-status
+sweep-status: setup
+	$(PY) -m sweeps.status $(SWEEP) $(ARGS)
 
 eval: setup
 	@test -n "$(CKPT)" || (echo "usage: make eval CKPT=path/to/backbone.pth [SUITE=mini|fast|paper]"; exit 2)

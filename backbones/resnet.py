@@ -67,12 +67,16 @@ class ResNetBackbone(ResNet):
             every block starts as the identity (Goyal et al. 2017). torchvision
             defaults to False; we default to True as the official VICReg and
             Barlow Twins code does.
+        width: Channels of the stem and layer1 (torchvision: 64); the stages have
+            width × (1, 2, 4, 8). Keys are unchanged; a width other than 64 only
+            changes shapes. Narrow ResNets make CPU-scale experiments practical.
     """
 
     num_features: int
 
     def __init__(
-        self, arch: str, *, small_stem: bool = False, zero_init_residual: bool = True
+        self, arch: str, *, small_stem: bool = False, zero_init_residual: bool = True,
+        width: int = 64,
     ) -> None:
         spec = ARCHS[arch]
         super().__init__(
@@ -83,15 +87,41 @@ class ResNetBackbone(ResNet):
             width_per_group=spec.width_per_group,
         )
         self.arch = arch
-        self.num_features = 512 * spec.block.expansion
+        if width != 64:
+            self._rebuild_with_width(spec, width, zero_init_residual)
+        self.num_features = 8 * width * spec.block.expansion
         # Parameter-free, so the state dict is torchvision's minus exactly fc.*.
         self.fc = nn.Identity()
         if small_stem:
             # At 32 px the 7×7/2 conv plus max-pool would leave 8×8 maps before layer1.
-            self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
             # Same init torchvision applies to every conv in ResNet.__init__.
             nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
             self.maxpool = nn.Identity()
+
+    def _rebuild_with_width(self, spec: ResNetArch, width: int, zero_init_residual: bool) -> None:
+        """Rebuild stem and stages with ``width`` base channels, initialised as torchvision."""
+        if width <= 0:
+            raise ValueError(f"width must be positive, got {width}")
+        self.inplanes = width
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.layer1 = self._make_layer(spec.block, width, spec.layers[0])
+        for i, name in enumerate(("layer2", "layer3", "layer4"), start=1):
+            setattr(self, name, self._make_layer(spec.block, width * 2**i, spec.layers[i],
+                                                 stride=2))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, Bottleneck):
+                    nn.init.zeros_(m.bn3.weight)
+                elif isinstance(m, BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
 
     def forward_taps(self, x: Tensor) -> dict[str, Tensor]:
         """Unpooled stage outputs, named as in Detectron2.
@@ -119,8 +149,9 @@ class ResNetBackbone(ResNet):
 def _make_factory(arch: str, small_stem: bool) -> Callable[..., ResNetBackbone]:
     """One registry entry point; a closure so the seven archs share one body."""
 
-    def factory(*, zero_init_residual: bool = True) -> ResNetBackbone:
-        return ResNetBackbone(arch, small_stem=small_stem, zero_init_residual=zero_init_residual)
+    def factory(*, zero_init_residual: bool = True, width: int = 64) -> ResNetBackbone:
+        return ResNetBackbone(arch, small_stem=small_stem, zero_init_residual=zero_init_residual,
+                              width=width)
 
     name = arch + SMALL_SUFFIX if small_stem else arch
     stem = "3×3 stride-1 stem, no max-pool" if small_stem else "standard 7×7 stem"
@@ -129,6 +160,7 @@ def _make_factory(arch: str, small_stem: bool) -> Callable[..., ResNetBackbone]:
         f"torchvision ``{arch}`` without ``fc`` ({stem}).\n\n"
         "Args:\n"
         "    zero_init_residual: Start every residual block as the identity.\n"
+        "    width: Base channel width (torchvision: 64); stages are width × (1, 2, 4, 8).\n"
     )
     return factory
 

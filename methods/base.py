@@ -27,6 +27,24 @@ class StepOutput:
     features: Tensor  # (B, F) backbone features of view 0, for the online probe
     embeddings: Tensor  # (B, D) projector output of view 0, for collapse diagnostics
     logs: dict[str, Tensor] = field(default_factory=dict)  # loss parts, detached
+    # Named embedding pairs (view a, view b) that plug-in regularizers may act on,
+    # e.g. {"projector": (z_a, z_b), "predictor": (p_a, p_b)}; local rows, with grad.
+    branches: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RegularizerConfig:
+    """VICReg's variance/covariance terms as plug-ins any method can add (VICReg Table 4).
+
+    Method configs inherit these fields. The terms act on ``StepOutput.branches[reg_on]``,
+    gathered with gradient over ranks: ``var_reg_weight · ½[v(Z_a) + v(Z_b)]`` and
+    ``cov_reg_weight · [c(Z_a) + c(Z_b)]``, the same conventions as :func:`vicreg_loss`.
+    The paper uses μ = 1, ν = 0.01 for BYOL and SimSiam (App. C.4).
+    """
+
+    var_reg_weight: float = 0.0  # μ added to the method's own loss; 0 = off
+    cov_reg_weight: float = 0.0  # ν added to the method's own loss; 0 = off
+    reg_on: str = "projector"  # which branch pair: projector | predictor
 
 
 @dataclass
@@ -56,6 +74,27 @@ def split_by_ndim(name: str, module: nn.Module, **kwargs: Any) -> list[ParamGrou
     return [g for g in groups if g.params]
 
 
+def add_regularizers(out: StepOutput, cfg: RegularizerConfig) -> StepOutput:
+    """Add the configured variance/covariance terms on ``out.branches[cfg.reg_on]``."""
+    from methods.common import covariance_term, full_precision, variance_term
+    from methods.dist import gather_with_grad
+
+    if cfg.reg_on not in out.branches:
+        raise ValueError(f"reg_on={cfg.reg_on!r} but this method exposes "
+                         f"{sorted(out.branches)}")
+    z_a, z_b = (gather_with_grad(full_precision(z)) for z in out.branches[cfg.reg_on])
+    loss, logs = out.loss, dict(out.logs)
+    if cfg.var_reg_weight:
+        var = (variance_term(z_a) + variance_term(z_b)) / 2
+        loss = loss + cfg.var_reg_weight * var
+        logs["reg_variance"] = var.detach()
+    if cfg.cov_reg_weight:
+        cov = covariance_term(z_a) + covariance_term(z_b)
+        loss = loss + cfg.cov_reg_weight * cov
+        logs["reg_covariance"] = cov.detach()
+    return StepOutput(loss, out.features, out.embeddings, logs, out.branches)
+
+
 class Method(nn.Module):
     """Base class: a backbone plus method-specific heads and a loss."""
 
@@ -68,7 +107,12 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def forward(self, views: Sequence[Tensor]) -> StepOutput:
-        return self.training_loss(views)
+        """The method's loss plus any plug-in regularizers its config switches on."""
+        out = self.training_loss(views)
+        cfg = getattr(self, "cfg", None)
+        if isinstance(cfg, RegularizerConfig) and (cfg.var_reg_weight or cfg.cov_reg_weight):
+            out = add_regularizers(out, cfg)
+        return out
 
     def param_groups(self) -> list[ParamGroup]:
         """Default: every trainable parameter, ndim == 1 ones excluded from wd/LARS."""

@@ -103,4 +103,5 @@ class VICReg(Method):
                 eps=c.variance_eps, target_std=c.target_std,
             )
         logs = {k: v.detach() for k, v in parts.items()}
-        return StepOutput(loss=loss, features=h_a, embeddings=z_a.detach(), logs=logs)
+        return StepOutput(loss=loss, features=h_a, embeddings=z_a.detach(), logs=logs,
+                          branches={"projector": (z_a, z_b)})

@@ -96,3 +96,14 @@ def test__sync_bn_conversion_keeps_keys() -> None:
     module = build("vicreg")
     converted = convert_sync_bn(copy.deepcopy(module), torch.device("cpu"))
     assert converted.state_dict().keys() == module.state_dict().keys()
+
+
+def test__sync_bn_conversion_keeps_parameters_and_requires_grad() -> None:
+    module = build("vicreg")
+    bn = module.method.backbone.layers[0][1]
+    bn.weight.requires_grad_(False)
+    converted = convert_sync_bn(module, torch.device("cpu"))
+    new_bn = converted.method.backbone.layers[0][1]
+    assert type(new_bn).__name__ == "GlobalBatchNorm"
+    assert new_bn.weight is bn.weight and not new_bn.weight.requires_grad
+    assert new_bn.running_mean is bn.running_mean

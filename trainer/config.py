@@ -99,7 +99,7 @@ class TrainConfig:
     max_steps: int = 0  # 0 = full schedule; N = stop after N steps (schedule unchanged)
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
-    channels_last: str = "auto"  # auto (on GPU) | on | off
+    channels_last: bool | str = "auto"  # auto (on GPU) | true | false
     compile: bool = False
     sync_bn: bool = True
     ckpt_every_steps: int = 500  # plus one at every epoch end; 0 = epoch ends only

@@ -116,7 +116,12 @@ def convert_sync_bn(module: nn.Module, device: torch.device) -> nn.Module:
         out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
                               module.track_running_stats, device=ref.device,
                               dtype=module.weight.dtype if module.affine else ref.dtype)
-        out.load_state_dict(module.state_dict())
+        # Reuse the parameter and buffer objects (as torch's converter does), so that
+        # requires_grad, optimizer references and sharing are all preserved.
+        if module.affine:
+            out.weight, out.bias = module.weight, module.bias
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            setattr(out, name, getattr(module, name))
         out.train(module.training)
     for name, child in module.named_children():
         out.add_module(name, convert_sync_bn(child, device))

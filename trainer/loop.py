@@ -55,7 +55,7 @@ class TrainModule(nn.Module):
         self.probe = nn.Linear(method.backbone.num_features, num_classes)
 
     def forward(self, views: list[Tensor], labels: Tensor) -> tuple[StepOutput, Tensor, Tensor]:
-        out = self.method.training_loss(views)
+        out = self.method(views)
         # detached: the probe never trains the backbone
         logits = self.probe(out.features.detach().to(self.probe.weight.dtype))
         return out, logits, F.cross_entropy(logits, labels)
@@ -96,7 +96,11 @@ def _precision(cfg: RunConfig, info: DistInfo) -> str:
 
 def _channels_last(cfg: RunConfig, info: DistInfo) -> bool:
     c = cfg.train.channels_last
-    return info.device.type == "cuda" if c == "auto" else c == "on"
+    if c == "auto":
+        return info.device.type == "cuda"
+    if not isinstance(c, bool):
+        raise ValueError(f"train.channels_last must be auto, true or false, got {c!r}")
+    return c
 
 
 def build_run(cfg: RunConfig, info: DistInfo, run_dir: Path) -> Run:

@@ -1,0 +1,83 @@
+"""Registry-wide method contract: adding a method adds these tests, no new file."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import methods  # noqa: F401
+from backbones import BACKBONES
+from methods.base import METHODS, Method, RegularizerConfig, StepOutput
+from tests.test_ddp import small_config
+
+NAMES = METHODS.names()
+
+
+def build(name: str, **changes) -> Method:
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(small_config(name), **changes)
+    return METHODS.get(name).factory(BACKBONES.build("tiny_cnn", width=4), cfg)
+
+
+def views(n: int = 8) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(n, 3, 16, 16, generator=g) for _ in range(2)]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test__config_is_frozen_dataclass_with_defaults(name: str) -> None:
+    entry = METHODS.get(name)
+    cfg = entry.config_cls()
+    assert dataclasses.is_dataclass(cfg)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.__setattr__(dataclasses.fields(cfg)[0].name, None)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test__one_step_finite_loss_and_backbone_gradients(name: str) -> None:
+    method = build(name)
+    out = method(views())
+    assert isinstance(out, StepOutput) and out.loss.ndim == 0 and torch.isfinite(out.loss)
+    assert out.features.shape == (8, method.backbone.num_features)
+    assert out.embeddings.ndim == 2 and out.embeddings.shape[0] == 8
+    assert all(v.ndim == 0 for v in out.logs.values())
+    out.loss.backward()
+    grads = [p.grad for p in method.backbone.parameters() if p.requires_grad]
+    assert grads and all(g is not None for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test__param_groups_cover_each_trainable_parameter_once(name: str) -> None:
+    method = build(name)
+    grouped = [id(p) for g in method.param_groups() for p in g.params]
+    trainable = [id(p) for p in method.parameters() if p.requires_grad]
+    assert sorted(grouped) == sorted(trainable)
+    assert len(grouped) == len(set(grouped))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test__state_dict_round_trip(name: str) -> None:
+    a, b = build(name), build(name)
+    with torch.no_grad():
+        for p in a.parameters():
+            p.add_(0.01)
+    b.load_state_dict(a.state_dict())
+    a.eval(), b.eval()
+    x = views()
+    torch.testing.assert_close(a(x).loss, b(x).loss)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test__plug_in_variance_regularizer_adds_its_term(name: str) -> None:
+    cfg_cls = METHODS.get(name).config_cls
+    if not issubclass(cfg_cls, RegularizerConfig):
+        pytest.skip(f"{name} has its own variance term")
+    x = views()
+    plain = build(name)(x)
+    reg = build(name, var_reg_weight=2.0)(x)
+    assert "reg_variance" in reg.logs
+    expected = plain.loss + 2.0 * reg.logs["reg_variance"]
+    torch.testing.assert_close(reg.loss, expected, rtol=1e-5, atol=1e-6)
