@@ -34,7 +34,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not slurm and not ddp" $(ARGS)
 
 demo: setup
-	$(PY) -m eval.demo $(ARGS)
+	$(PY) -m sweeps.demo $(ARGS)
 
 train: setup
 	$(PY) -m trainer.train $(ARGS)
@@ -66,4 +66,4 @@ lint: setup
 	$(PY) -m ruff check .
 
 clean:
-	rm -rf runs demo_out .pytest_cache
+	rm -rf runs results/demo results/records .pytest_cache

@@ -1,0 +1,142 @@
+"""Typed settings of the eval battery and ``key=value`` overrides.
+
+Every benchmark has a frozen dataclass of protocol settings (registered with it in
+``eval.registry.BENCHMARKS``); a suite (``eval.suites``) picks benchmarks and their
+settings. Overrides are dotted: ``knn.ks=20,200``, ``imagenet_linear.epochs=10``,
+``data.voc07=/data/VOC2007``, ``run.device=cuda`` (or just ``device=cuda``). Values are
+parsed as YAML and checked against the field's type; an unknown key is an error naming
+the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_MINI_ROOT = "~/.cache/sslbench/mini"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Settings shared by every benchmark of one invocation."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    batch_size: int = 256  # feature-extraction batch
+    num_workers: int = min(8, os.cpu_count() or 1)  # image-decoding processes
+    cache_dir: str = "~/.cache/sslbench/features"  # "" disables the feature cache
+    seed: int = 0
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # RGB normalisation, [0, 1] units
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    """Where each dataset lives; ``{root}`` is ``--data-root``, ``{imagenet}`` the ImageNet path."""
+
+    imagenet: str = "{root}/imagenet"
+    imagenet_subsets: str = "{imagenet}/imagenet_subsets"  # holds 1percent.txt, 10percent.txt
+    places205: str = "{root}/places205"
+    voc07: str = "{root}/VOCdevkit/VOC2007"
+    inat18: str = "{root}/inat2018"
+
+    def resolve(self, root: str) -> DataPaths:
+        """Fill the templates; returns absolute, user-expanded paths."""
+        out: dict[str, str] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name).format(root=root, **out)
+            out[f.name] = str(Path(value).expanduser().absolute())
+        return DataPaths(**out)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check/convert a parsed YAML value to the annotated type, or raise ValueError."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(hint):
+            if arg is type(None) and value is None:
+                return None
+            try:
+                return coerce(value, arg, key)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError("; ".join(errors))
+    if origin is tuple:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        args = typing.get_args(hint)
+        inner = args[0] if args else str
+        return tuple(coerce(v, inner, key) for v in items)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{key}: expected true/false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError(f"{key}: expected an int, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError(f"{key}: expected a number, got {value!r}")
+    if hint is str:
+        return "" if value is None else str(value)  # `key=` means the empty string
+    raise ValueError(f"{key}: unsupported field type {hint}")
+
+
+def parse_value(text: str) -> Any:
+    """YAML scalar or list; a bare ``a,b,c`` is a list."""
+    if "," in text and not text.strip().startswith(("[", "{", "'", '"')):
+        return [yaml.safe_load(t) for t in text.split(",")]
+    return yaml.safe_load(text)
+
+
+def apply_overrides(obj: Any, pairs: dict[str, str], prefix: str) -> Any:
+    """``dataclasses.replace`` with type-checked values parsed from strings."""
+    if not pairs:
+        return obj
+    types_ = _field_types(type(obj))
+    changes = {}
+    for name, text in pairs.items():
+        if name not in types_:
+            raise KeyError(f"unknown key '{prefix}.{name}'; valid: "
+                           + ", ".join(f"{prefix}.{k}" for k in types_))
+        changes[name] = coerce(parse_value(text), types_[name], f"{prefix}.{name}")
+    return dataclasses.replace(obj, **changes)
+
+
+def split_overrides(items: list[str]) -> dict[str, dict[str, str]]:
+    """``["knn.k=5", "device=cpu"]`` → ``{"knn": {"k": "5"}, "run": {"device": "cpu"}}``."""
+    run_keys = {f.name for f in dataclasses.fields(RunSettings)}
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"override '{item}' is not key=value")
+        key, value = item.split("=", 1)
+        if "." in key:
+            section, name = key.split(".", 1)
+        elif key in run_keys:
+            section, name = "run", key
+        else:
+            raise KeyError(f"unknown key '{key}'; use <benchmark>.<field>, data.<dataset>, "
+                           f"or one of {', '.join(sorted(run_keys))}")
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass as plain JSON-able data (tuples → lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(obj)))

@@ -1,0 +1,136 @@
+"""Result records: one JSON file per (checkpoint, benchmark, protocol, metric, suite).
+
+Schema (read by ``results/`` to build the tables; keep it stable)::
+
+    {"id": sha1(checkpoint_sha256 + benchmark + protocol + metric + suite),
+     "checkpoint": str, "checkpoint_sha256": str, "method": str, "backbone": str,
+     "run_dir": str | null, "config_hash": str | null, "seed": int | null,
+     "epochs": int | null, "benchmark": str, "protocol": "paper" | "fast" | "mini",
+     "suite": str, "metric": str, "value": float (percent) | null, "extra": {...},
+     "status": "ok" | "skipped" | "failed", "reason": str | null, "config": {...},
+     "dataset_fingerprint": {"<dataset>/<split>": sha1, ...} | null,
+     "git_sha": str, "date": ISO 8601, "wall_time_s": float}
+
+Each record is written to ``<records_dir>/<id>.json`` through a temporary file and
+``os.replace``, so readers never see a partial file and re-runs overwrite in place.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+STATUSES = ("ok", "skipped", "failed")
+
+
+def record_id(checkpoint_sha256: str, benchmark: str, protocol: str, metric: str,
+              suite: str) -> str:
+    """SHA-1 of the concatenated identifying fields."""
+    key = f"{checkpoint_sha256}{benchmark}{protocol}{metric}{suite}"
+    return hashlib.sha1(key.encode()).hexdigest()
+
+
+def git_sha() -> str:
+    """The eval code's commit (``-dirty`` with local changes), or ``unknown``."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: NaN/inf → None (records are strict JSON), tuples → lists."""
+    if isinstance(obj, float):
+        return obj if obj == obj and abs(obj) != float("inf") else None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def find_records(records_dir: str | Path, **match: Any) -> list[dict[str, Any]]:
+    """All readable records whose fields equal ``match``."""
+    out = []
+    for path in sorted(Path(records_dir).glob("*.json")):
+        try:
+            rec = json.loads(path.read_text())
+        except (json.JSONDecodeError, OSError):
+            continue
+        if all(rec.get(k) == v for k, v in match.items()):
+            out.append(rec)
+    return out
+
+
+def make_record(*, checkpoint: str, meta: dict[str, Any], checkpoint_sha256: str, benchmark: str,
+                protocol: str, suite: str, metric: str, value: float | None, extra: dict[str, Any],
+                status: str, reason: str | None, config: dict[str, Any],
+                dataset_fingerprint: dict[str, str] | None, git: str,
+                wall_time_s: float) -> dict[str, Any]:
+    """Assemble one record in the schema above."""
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+    return {
+        "id": record_id(checkpoint_sha256, benchmark, protocol, metric, suite),
+        "checkpoint": checkpoint,
+        "checkpoint_sha256": checkpoint_sha256,
+        "method": meta.get("method") or "external",
+        "backbone": meta.get("backbone"),
+        "run_dir": meta.get("run_dir"),
+        "config_hash": meta.get("config_hash"),
+        "seed": meta.get("seed"),
+        "epochs": meta.get("epochs"),
+        "benchmark": benchmark,
+        "protocol": protocol,
+        "suite": suite,
+        "metric": metric,
+        "value": _clean(None if value is None else float(value)),
+        "extra": _clean(extra),
+        "status": status,
+        "reason": reason,
+        "config": _clean(config),
+        "dataset_fingerprint": dataset_fingerprint or None,
+        "git_sha": git,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "wall_time_s": round(float(wall_time_s), 3),
+    }
+
+
+def write_record(records_dir: str | Path, record: dict[str, Any]) -> Path:
+    """Atomically write ``<records_dir>/<id>.json``."""
+    directory = Path(records_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{record['id']}.json"
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=1, sort_keys=False, allow_nan=False, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_record(records_dir: str | Path, rid: str) -> dict[str, Any] | None:
+    """The record with id ``rid``, or None."""
+    path = Path(records_dir) / f"{rid}.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError):
+        return None
