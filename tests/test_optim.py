@@ -113,3 +113,21 @@ def test__schedule_cosine_per_epoch_and_fixed_lr_group() -> None:
                            {"params": [w2], "lr_scale": 1.0, "fixed_lr": True}], lr=0.0)
     set_lr(opt, peak=0.05, factor=0.25)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.0125, 0.05])
+
+
+def test__embedding_stats_detect_collapse() -> None:
+    from trainer.diagnostics import embedding_stats
+
+    g = torch.Generator().manual_seed(0)
+    healthy = torch.randn(256, 16, generator=g, dtype=torch.float64)
+    stats = embedding_stats(healthy)
+    assert stats["std_mean"] == pytest.approx(1.0, abs=0.1)
+    assert stats["effective_rank"] > 14 and stats["effective_rank_centered"] > 14
+    # rank-one collapse on a large mean: every row is mean + t * direction
+    t = torch.randn(256, 1, generator=g, dtype=torch.float64)
+    collapsed = 50 + t * torch.ones(1, 16, dtype=torch.float64)
+    stats = embedding_stats(collapsed)
+    assert stats["effective_rank_centered"] == pytest.approx(1.0, abs=1e-6)
+    assert stats["std_min"] == pytest.approx(stats["std_mean"])  # one shared direction
+    zero = embedding_stats(torch.zeros(8, 4, dtype=torch.float64))
+    assert zero["std_mean"] == 0.0 and zero["effective_rank"] == 0.0

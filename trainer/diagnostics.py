@@ -24,19 +24,28 @@ def embedding_stats(z: Tensor) -> dict[str, float]:
     - ``effective_rank``: exp of the entropy of the normalised singular values of
       the (uncentred) embedding matrix (Roy & Vetterli 2007; RankMe, Garrido et al.
       2023): 1 for rank-one embeddings, up to min(N, D).
+    - ``effective_rank_centered``: the same on the centred matrix, which a large
+      common mean cannot dominate (it shows a rank-one collapse sitting on a mean).
     """
     z = z.double()
     std = z.std(dim=0)
     zn = F.normalize(z, dim=1)
-    s = torch.linalg.svdvals(z)
-    p = s / s.sum().clamp_min(1e-12)
-    entropy = -(p * torch.log(p.clamp_min(1e-30))).sum()
     return {
         "std_mean": std.mean().item(),
         "std_min": std.min().item(),
         "std_l2": zn.std(dim=0).mean().item(),
-        "effective_rank": math.exp(entropy.item()) if s.sum() > 0 else 0.0,
+        "effective_rank": effective_rank(z),
+        "effective_rank_centered": effective_rank(z - z.mean(dim=0)),
     }
+
+
+def effective_rank(z: Tensor) -> float:
+    """exp(entropy of σ / Σσ) of a (N, D) matrix; 0 for an all-zero matrix."""
+    s = torch.linalg.svdvals(z.double())
+    if s.sum() <= 0:
+        return 0.0
+    p = s / s.sum()
+    return math.exp(-(p * torch.log(p.clamp_min(1e-30))).sum().item())
 
 
 class MetricsLogger:
