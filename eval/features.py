@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -21,6 +19,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from trainer.io import atomic_write
 
 log = logging.getLogger("sslbench.eval")
 
@@ -202,18 +202,6 @@ def cache_key(fields: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class FeatureCache:
     """Features on disk: one ``<key>.pt`` tensor + ``<key>.json`` manifest per entry.
 
@@ -250,10 +238,10 @@ class FeatureCache:
         if self.root is None:
             return
         data_path, manifest_path = self._paths(fields)
-        _atomic_write(data_path, lambda f: torch.save(tensor.contiguous(), f))
+        atomic_write(data_path, lambda f: torch.save(tensor.contiguous(), f))
         manifest = {"key": data_path.stem, "fields": fields, "shape": list(tensor.shape),
                     "dtype": str(tensor.dtype), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        _atomic_write(manifest_path,
+        atomic_write(manifest_path,
                       lambda f: f.write(json.dumps(manifest, indent=1, default=str).encode()))
 
     def get_or_compute(self, fields: dict[str, Any], compute: Callable[[], Tensor]) -> Tensor:

@@ -20,11 +20,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from trainer.io import atomic_write_text, git_sha  # noqa: F401  (git_sha re-exported)
 
 STATUSES = ("ok", "skipped", "failed")
 
@@ -34,19 +33,6 @@ def record_id(checkpoint_sha256: str, benchmark: str, protocol: str, metric: str
     """SHA-1 of the concatenated identifying fields."""
     key = f"{checkpoint_sha256}{benchmark}{protocol}{metric}{suite}"
     return hashlib.sha1(key.encode()).hexdigest()
-
-
-def git_sha() -> str:
-    """The eval code's commit (``-dirty`` with local changes), or ``unknown``."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                             text=True, check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _clean(obj: Any) -> Any:
@@ -112,16 +98,8 @@ def write_record(records_dir: str | Path, record: dict[str, Any]) -> Path:
     directory = Path(records_dir)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{record['id']}.json"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1, sort_keys=False, allow_nan=False, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = json.dumps(record, indent=1, sort_keys=False, allow_nan=False, default=str)
+    atomic_write_text(path, text)
     return path
 
 

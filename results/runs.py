@@ -148,8 +148,10 @@ class Sweep:
             return strip_seed(run.label)
         varying = self.varying() if varying is None else varying
         if varying:
-            return ", ".join(f"{k.rsplit('.', 1)[-1]}={format_value(run.flat.get(k))}"
-                             for k in varying)
+            label = ", ".join(f"{k.rsplit('.', 1)[-1]}={format_value(run.flat.get(k))}"
+                              for k in varying)
+            if len(label) <= 60:  # beyond that a legend is unreadable: the folder names it
+                return label
         return run.path.name
 
 

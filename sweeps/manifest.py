@@ -11,31 +11,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from trainer.io import atomic_write_text
+
 MANIFEST = "sweep.json"
 FORMAT = "sslbench.sweep/1"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write through a temporary file and ``os.replace`` (no torch import, unlike trainer.io)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def now() -> str:

@@ -1,4 +1,8 @@
-"""Atomic file writes and provenance helpers: nothing is ever half-written."""
+"""Atomic file writes and provenance helpers: nothing is ever half-written.
+
+Importing this module does not import torch, so the launcher and the eval records
+share it.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 
-
-def _atomic(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(binary_file)`` on a temporary file, then ``os.replace`` it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -29,12 +32,14 @@ def _atomic(path: Path, write: Any) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    _atomic(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` to ``path`` atomically (a killed writer leaves the old file)."""
-    _atomic(path, lambda f: torch.save(obj, f))
+    import torch
+
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -49,9 +54,9 @@ def git_sha(cwd: Path | None = None) -> str:
     cwd = cwd or Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
-                             text=True, check=True).stdout.strip()
+                             text=True, check=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=cwd, capture_output=True, text=True).stdout.strip()
+                               cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip()
         return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
+    except (OSError, subprocess.SubprocessError):
         return "unknown"
