@@ -34,6 +34,7 @@ from eval import bench_classification, bench_voc  # noqa: E402,F401  (fill BENCH
 from eval.checkpoint import CheckpointError, file_sha256, load_backbone  # noqa: E402
 from eval.config import DataPaths, apply_overrides, as_dict, split_overrides  # noqa: E402
 from eval.datasets import DatasetError  # noqa: E402
+from eval.detection import bench as _detection  # noqa: E402,F401  (fill BENCHMARKS)
 from eval.features import FeatureCache  # noqa: E402
 from eval.records import find_records, git_sha, make_record, write_record  # noqa: E402
 from eval.registry import BENCHMARKS, Context, Metric  # noqa: E402
@@ -48,6 +49,10 @@ def primary_metric(name: str, cfg: Any) -> str:
         return f"top1_k{cfg.ks[0]}"
     if name == "voc07_lowshot":
         return f"mAP_k{cfg.ks[0]}"
+    if name == "voc07+12_det":
+        return "AP50"
+    if name in ("coco_det", "coco_seg"):
+        return "AP"
     return "mAP" if name.startswith("voc07") else "top1"
 
 

@@ -24,6 +24,7 @@ from eval.bench_classification import (
 )
 from eval.bench_voc import LowShotConfig, VOCSVMConfig
 from eval.config import DEFAULT_MINI_ROOT, RunSettings
+from eval.detection.bench import suite_benchmarks
 
 FASHION_MEAN = (0.2860,) * 3  # Fashion-MNIST train statistics, replicated to RGB
 FASHION_STD = (0.3530,) * 3
@@ -59,6 +60,7 @@ def paper_suite() -> Suite:
         "inat18_linear": INAT_PAPER,
         "voc07_svm": VOCSVMConfig(taps=("avgpool", "res4", "res5")),
         "voc07_lowshot": LowShotConfig(taps=("avgpool", "res5")),
+        **suite_benchmarks("paper"),
     })
 
 
@@ -88,6 +90,7 @@ def mini_suite() -> Suite:
         "inat18_linear": replace(INAT_PAPER, **small, epochs=3, milestones=(2,), batch_size=64),
         "voc07_svm": VOCSVMConfig(resize=64, crop=64),
         "voc07_lowshot": LowShotConfig(ks=(1, 2, 4, 8), crop=64),
+        **suite_benchmarks("mini"),
     }, run=RunSettings(batch_size=256, num_workers=0, threads=1, mean=FASHION_MEAN,
                         std=FASHION_STD),
         data_root=DEFAULT_MINI_ROOT)
