@@ -7,7 +7,7 @@ SUITE   ?= mini
 CKPT    ?=
 ARGS    ?=
 
-.PHONY: data setup test test-fast demo train sweep eval tables bench lint clean
+.PHONY: data setup test test-fast demo demo-all train sweep eval tables bench lint clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,17 @@ test-fast: setup
 
 demo: setup
 	$(PY) -m sweeps.demo $(ARGS)
+
+# The demo's chain for all five methods: sweeps/specs/cpu.yaml per method (local processes),
+# the mini battery chained after each run, then tables and plots over all of them.
+DEMO_METHODS ?= vicreg barlow_twins simclr byol simsiam
+demo-all: setup
+	@for m in $(DEMO_METHODS); do \
+	  $(PY) -m sweeps.launch --method $$m --spec sweeps/specs/cpu.yaml --cluster local \
+	    eval.suite=mini $(ARGS) || exit 1; done
+	$(PY) -m results.tables --runs runs --out results/demo-all/tables
+	$(PY) -m results.plots --runs runs --out results/demo-all/plots
+	@echo "tables: results/demo-all/tables/index.md; plots: results/demo-all/plots/"
 
 train: setup
 	$(PY) -m trainer.train $(ARGS)
