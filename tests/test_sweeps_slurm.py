@@ -125,8 +125,8 @@ def test__requeued_and_time_limited_runs_resume_from_their_checkpoints(
     # 'timelimit': the USR2 SLURM sends `signal_delay_s` before the time limit; submitit
     # calls Job.checkpoint() -> DelayedSubmission(self) and requeues the job itself.
     spec = tiny_spec(tmp_path / "pre.yaml", fmnist_root,
-                     runs=[{"name": "requeue", "train": {"epochs": 40}},
-                           {"name": "timelimit", "train": {"epochs": 6}}])
+                     runs=[{"name": "requeue", "train": {"epochs": 120}},
+                           {"name": "timelimit", "train": {"epochs": 40}}])
     sweep = launch.plan(spec=spec, cluster="slurm", root=tmp_path / "runs", overrides=SLURM)
     requeue, timelimit = sweep.runs
     assert launch.launch(sweep) == 0
@@ -138,10 +138,12 @@ def test__requeued_and_time_limited_runs_resume_from_their_checkpoints(
     ref = subprocess.Popen([sys.executable, "-m", "trainer.train", "-c", str(ref_yaml)], cwd=REPO,
                            env={**os.environ, "OMP_NUM_THREADS": "1"},
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wait_for_file(timelimit.folder / "checkpoint.pth", timeout=60)
-    subprocess.run(["scancel", "--signal=USR2", ids[timelimit.key]], check=True)
+    # Both runs are long enough (a quiet CI machine is fast) to be hit mid-training; the
+    # requeue goes first because it must land before its run ends.
     wait_for_file(requeue.folder / "checkpoint.pth", timeout=60)
     subprocess.run(["scontrol", "requeue", ids[requeue.key]], check=True)
+    wait_for_file(timelimit.folder / "checkpoint.pth", timeout=60)
+    subprocess.run(["scancel", "--signal=USR2", ids[timelimit.key]], check=True)
     rows = wait_all(sweep, timeout=150)
     assert ref.wait(timeout=120) == 0, ref.stderr.read()
     assert [r.state for r in rows] == ["done", "done"]
