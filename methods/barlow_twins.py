@@ -102,10 +102,7 @@ class BarlowTwins(Method):
                              last_bias=False)
 
     def training_loss(self, views: Sequence[Tensor]) -> StepOutput:
-        x_a, x_b = views[:2]
-        h_a = self.backbone(x_a)  # (B, F)
-        z_a = self.projector(h_a)  # (B, D)
-        z_b = self.projector(self.backbone(x_b))
+        h_a, z_a, z_b = self.embed_views(views)  # (B, F), (B, D), (B, D)
         # NOTE: the official loss runs under fp16 autocast; we compute it in fp32, since
         # the D×D cross-correlation loses too much in half precision.
         with torch.autocast(z_a.device.type, enabled=False):

@@ -114,6 +114,17 @@ class Method(nn.Module):
             out = add_regularizers(out, cfg)
         return out
 
+    def embed_views(self, views: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """``(h_a, z_a, z_b)``: view a's backbone features (B, F) and both projections (B, D).
+
+        Each view runs through backbone and ``self.projector`` in its own forward call,
+        as the official VICReg / Barlow Twins / BYOL / SimSiam code does, so every
+        BatchNorm takes its statistics from one view's batch.
+        """
+        x_a, x_b = views[:2]
+        h_a = self.backbone(x_a)
+        return h_a, self.projector(h_a), self.projector(self.backbone(x_b))
+
     def param_groups(self) -> list[ParamGroup]:
         """Default: every trainable parameter, ndim == 1 ones excluded from wd/LARS."""
         return split_by_ndim("all", self)

@@ -110,10 +110,8 @@ class BYOL(Method):
 
     def training_loss(self, views: Sequence[Tensor]) -> StepOutput:
         """Symmetric loss of the first two views, each (B, 3, H, W)."""
-        x_a, x_b = views[:2]
-        h_a = self.backbone(x_a)  # (B, F)
-        z_a = self.projector(h_a)  # (B, D)
-        z_b = self.projector(self.backbone(x_b))
+        x_a, x_b = views[:2]  # the target sees the same views
+        h_a, z_a, z_b = self.embed_views(views)  # (B, F), (B, D), (B, D)
         p_a, p_b = self.predictor(z_a), self.predictor(z_b)  # (B, D)
         if self.target is None:
             t_a, t_b = z_a.detach(), z_b.detach()

@@ -89,10 +89,7 @@ class VICReg(Method):
         self.projector = mlp(backbone.num_features, cfg.projector, last_bias=False)
 
     def training_loss(self, views: Sequence[Tensor]) -> StepOutput:
-        x_a, x_b = views[:2]
-        h_a = self.backbone(x_a)  # (B, F)
-        z_a = self.projector(h_a)  # (B, D)
-        z_b = self.projector(self.backbone(x_b))
+        h_a, z_a, z_b = self.embed_views(views)  # (B, F), (B, D), (B, D)
         c = self.cfg
         # NOTE: the official code runs the loss under fp16 autocast; we compute it in
         # fp32 (the D×D covariance loses too much in bf16) at a small cost.

@@ -79,6 +79,14 @@ class Run:
     scaler: torch.amp.GradScaler
     steps_per_epoch: int
     peak_lr: float
+    _perm: tuple[int, Tensor] | None = None  # (epoch, its data order), derived, not saved
+
+    def epoch_order(self, epoch: int) -> Tensor:
+        """The data order of ``epoch``: a function of (seed, epoch), drawn once per epoch."""
+        if self._perm is None or self._perm[0] != epoch:
+            g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + epoch)
+            self._perm = (epoch, torch.randperm(len(self.train_set), generator=g))
+        return self._perm[1]
 
     @property
     def autocast(self) -> Any:
@@ -215,8 +223,7 @@ def _batch(run: Run, step: int) -> tuple[list[Tensor], Tensor]:
     """This rank's slice of the global batch of ``step``, augmented on the device."""
     cfg, info = run.cfg, run.info
     epoch, it = divmod(step, run.steps_per_epoch)
-    g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
-    perm = torch.randperm(len(run.train_set), generator=g)
+    perm = run.epoch_order(epoch)
     global_batch = cfg.train.batch_size
     local = global_batch // info.world_size
     idx = perm[it * global_batch:(it + 1) * global_batch][info.rank * local:(info.rank + 1) * local]
@@ -351,8 +358,10 @@ def _loop(run: Run, start: int, stop: int, total_steps: int) -> None:
             meter.add(out, logits, y)
             done = step + 1
             epoch_end = done % run.steps_per_epoch == 0
-            if done % cfg.train.log_every_steps == 0 or epoch_end or done == stop:
-                _check_finite(loss_sum, done, run)
+            save = epoch_end or done == stop or (cfg.train.ckpt_every_steps
+                                                 and done % cfg.train.ckpt_every_steps == 0)
+            if save or done % cfg.train.log_every_steps == 0:
+                _check_finite(loss_sum, done, run)  # before logging; never save a NaN state
                 ips = (done - start) * cfg.train.batch_size / (time.perf_counter() - t0)
                 parts = {k: v.item() for k, v in out.logs.items()}
                 logger.log("step", done, {"loss": out.loss.item(), "lr": lr, "img_per_s": ips,
@@ -363,9 +372,7 @@ def _loop(run: Run, start: int, stop: int, total_steps: int) -> None:
             if epoch_end:
                 _epoch_end(run, meter, logger, done // run.steps_per_epoch, done, lr)
                 meter = _EpochMeter(cfg.train.diag_samples)
-            if epoch_end or done == stop or (cfg.train.ckpt_every_steps
-                                             and done % cfg.train.ckpt_every_steps == 0):
-                _check_finite(loss_sum, done, run)
+            if save:
                 save_checkpoint(run, done)
     finally:
         bar.close()
