@@ -101,6 +101,31 @@ class Method(nn.Module):
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
+        # View b's own backbone and projector when the branches do not share weights
+        # (VICReg Table 5); None = both views run through ``backbone``/``projector``.
+        self.backbone_b: nn.Module | None = None
+        self.projector_b: nn.Module | None = None
+
+    def make_projector(self, in_dim: int) -> nn.Module:
+        """A fresh projector for ``in_dim`` input features, from this method's config."""
+        raise NotImplementedError(f"{type(self).__name__} does not define make_projector")
+
+    def set_branch_b(self, backbone_b: nn.Module) -> None:
+        """Run view b through its own backbone and projector: unshared weights.
+
+        ``backbone_b`` may be another instance of the same architecture (unshared
+        weights) or a different architecture with a different feature width (R50/R101,
+        R50/ViT-S in VICReg Table 5); its projector is built by :meth:`make_projector`
+        for that width, with the same widths as the first branch's, so both
+        embeddings live in the same space.
+
+        NOTE: the VICReg paper (§4.5, Table 5) trains "different weights" branches but
+        does not say whether the expander is shared. A different-width backbone needs its
+        own first layer anyway, so every unshared branch gets a whole projector of its
+        own; heads after the projector (SimSiam's and BYOL's predictors) stay shared.
+        """
+        self.backbone_b = backbone_b
+        self.projector_b = self.make_projector(int(backbone_b.num_features))
 
     def training_loss(self, views: Sequence[Tensor]) -> StepOutput:
         """Loss on a list of augmented views, each (B, 3, H, W)."""
@@ -119,11 +144,15 @@ class Method(nn.Module):
 
         Each view runs through backbone and ``self.projector`` in its own forward call,
         as the official VICReg / Barlow Twins / BYOL / SimSiam code does, so every
-        BatchNorm takes its statistics from one view's batch.
+        BatchNorm takes its statistics from one view's batch. With unshared branches
+        (:meth:`set_branch_b`) view b goes through ``backbone_b`` and ``projector_b``.
         """
         x_a, x_b = views[:2]
         h_a = self.backbone(x_a)
-        return h_a, self.projector(h_a), self.projector(self.backbone(x_b))
+        if self.backbone_b is None:
+            return h_a, self.projector(h_a), self.projector(self.backbone(x_b))
+        assert self.projector_b is not None
+        return h_a, self.projector(h_a), self.projector_b(self.backbone_b(x_b))
 
     def param_groups(self) -> list[ParamGroup]:
         """Default: every trainable parameter, ndim == 1 ones excluded from wd/LARS."""

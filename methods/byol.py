@@ -92,7 +92,7 @@ class BYOL(Method):
     def __init__(self, backbone: nn.Module, cfg: BYOLConfig) -> None:
         super().__init__(backbone)
         self.cfg = cfg
-        self.projector = byol_head(backbone.num_features, cfg.projector)
+        self.projector = self.make_projector(backbone.num_features)
         dim = parse_widths(cfg.projector)[-1]
         self.predictor: nn.Module = nn.Identity()
         if cfg.use_predictor:
@@ -107,6 +107,17 @@ class BYOL(Method):
             self.target = nn.Sequential(OrderedDict(
                 backbone=copy.deepcopy(backbone), projector=copy.deepcopy(self.projector),
             )).requires_grad_(False)
+
+    def make_projector(self, in_dim: int) -> nn.Module:
+        return byol_head(in_dim, self.cfg.projector)
+
+    def set_branch_b(self, backbone_b: nn.Module) -> None:
+        """Unshared branches only without EMA: the target is a copy of one online branch."""
+        if self.target is not None:
+            raise ValueError("byol: unshared branches (backbone_b) need method.use_ema=false; "
+                             "the EMA target averages one online network, so a second "
+                             "online branch would have no target of its own")
+        super().set_branch_b(backbone_b)
 
     def training_loss(self, views: Sequence[Tensor]) -> StepOutput:
         """Symmetric loss of the first two views, each (B, 3, H, W)."""

@@ -16,7 +16,9 @@ the non-adapted BN/bias parameters and through weight decay.
 NOTE: both views go through backbone and projector in ONE forward pass on [x_a; x_b],
 as the official code, so every BatchNorm takes statistics over 2N images (the other
 methods forward each view separately). Under DDP + global BN the statistics cover the
-2N images of all ranks, the same set as one process on the full batch.
+2N images of all ranks, the same set as one process on the full batch. With unshared
+branches (``backbone_b``, VICReg Table 5) one pass per branch is the only option, so
+each network's BatchNorm sees its own view's N images.
 
 NOTE: negatives are gathered across ranks with gradient; anchors stay local, with
 labels offset by rank × local batch. Each anchor has 1 positive and 2N − 2 negatives
@@ -107,21 +109,27 @@ class SimCLR(Method):
     def __init__(self, backbone: nn.Module, cfg: SimCLRConfig) -> None:
         super().__init__(backbone)
         self.cfg = cfg
-        head = mlp(backbone.num_features, cfg.projector, hidden_bias=False, last_bias=False,
+        self.projector = self.make_projector(backbone.num_features)
+
+    def make_projector(self, in_dim: int) -> nn.Module:
+        head = mlp(in_dim, self.cfg.projector, hidden_bias=False, last_bias=False,
                    last_bn=True, last_bn_affine=False)
-        self.projector = nn.Sequential(*head, _Scale(parse_widths(cfg.projector)[-1]))
+        return nn.Sequential(*head, _Scale(parse_widths(self.cfg.projector)[-1]))
 
     def training_loss(self, views: Sequence[Tensor]) -> StepOutput:
         x_a, x_b = views[:2]
         n = x_a.shape[0]
-        h = self.backbone(torch.cat([x_a, x_b]))  # (2B, F): BN statistics over both views
-        z = self.projector(h)  # (2B, D)
-        z_a, z_b = z[:n], z[n:]
+        if self.backbone_b is None:
+            h = self.backbone(torch.cat([x_a, x_b]))  # (2B, F): BN statistics over both views
+            z = self.projector(h)  # (2B, D)
+            h_a, z_a, z_b = h[:n], z[:n], z[n:]
+        else:  # unshared branches: each network sees (and normalises over) its own view
+            h_a, z_a, z_b = self.embed_views(views)
         # NOTE: the loss is computed in fp32 even under bf16/fp16 autocast: logits / τ
         # with τ = 0.1 span ±10, where half precision loses the small differences.
-        with torch.autocast(z.device.type, enabled=False):
+        with torch.autocast(z_a.device.type, enabled=False):
             loss, parts = simclr_loss(full_precision(z_a), full_precision(z_b),
                                       temperature=self.cfg.temperature)
         logs = {k: v.detach() for k, v in parts.items()}
-        return StepOutput(loss=loss, features=h[:n], embeddings=z_a.detach(), logs=logs,
+        return StepOutput(loss=loss, features=h_a, embeddings=z_a.detach(), logs=logs,
                           branches={"projector": (z_a, z_b)})

@@ -100,7 +100,7 @@ class SimSiam(Method):
     def __init__(self, backbone: nn.Module, cfg: SimSiamConfig) -> None:
         super().__init__(backbone)
         self.cfg = cfg
-        self.projector = simsiam_projector(backbone.num_features, cfg.projector, cfg.use_bn)
+        self.projector = self.make_projector(backbone.num_features)
         dim = parse_widths(cfg.projector)[-1]
         self.predictor: nn.Module = nn.Identity()
         if cfg.use_predictor:
@@ -108,6 +108,9 @@ class SimSiam(Method):
                 raise ValueError(f"predictor {cfg.predictor!r} must end in the projector's "
                                  f"width {dim}")
             self.predictor = simsiam_predictor(dim, cfg.predictor, cfg.use_bn)
+
+    def make_projector(self, in_dim: int) -> nn.Module:
+        return simsiam_projector(in_dim, self.cfg.projector, self.cfg.use_bn)
 
     def training_loss(self, views: Sequence[Tensor]) -> StepOutput:
         """Symmetric loss of the first two views, each (B, 3, H, W)."""

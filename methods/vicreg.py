@@ -86,7 +86,10 @@ class VICReg(Method):
     def __init__(self, backbone: nn.Module, cfg: VICRegConfig) -> None:
         super().__init__(backbone)
         self.cfg = cfg
-        self.projector = mlp(backbone.num_features, cfg.projector, last_bias=False)
+        self.projector = self.make_projector(backbone.num_features)
+
+    def make_projector(self, in_dim: int) -> nn.Module:
+        return mlp(in_dim, self.cfg.projector, last_bias=False)
 
     def training_loss(self, views: Sequence[Tensor]) -> StepOutput:
         h_a, z_a, z_b = self.embed_views(views)  # (B, F), (B, D), (B, D)

@@ -82,3 +82,34 @@ def test__saved_config_round_trips(tmp_path: Path) -> None:
     again = load_saved_config(tmp_path / "config.yaml")
     assert again == cfg and isinstance(again, RunConfig)
     assert config_hash(again) == config_hash(cfg)
+
+
+def test__backbone_b_same_copies_the_backbone_and_named_one_is_validated() -> None:
+    cfg = load_config(overrides=["backbone.name=tiny_cnn", "backbone.width=4",
+                                 "backbone_b=same"])
+    assert (cfg.backbone_b.name, cfg.backbone_b.cfg) == ("tiny_cnn", {"width": 4})
+    other = load_config(overrides=["backbone.name=tiny_cnn", "backbone_b=resnet18_small",
+                                   "backbone_b.width=16"])
+    assert (other.backbone_b.name, other.backbone_b.cfg) == ("resnet18_small", {"width": 16})
+    shared = load_config(overrides=["backbone.name=tiny_cnn"])
+    assert shared.backbone_b.name == ""
+    assert len({config_hash(c) for c in (cfg, other, shared)}) == 3
+    assert "+resnet18_small-" in default_run_dir(other).name
+    assert "+" not in default_run_dir(shared).name
+
+
+def test__backbone_b_bad_input_says_what_is_expected() -> None:
+    with pytest.raises(ConfigError, match="backbone_b.name.*same"):
+        load_config(overrides=["backbone_b=resnet9000"])
+    with pytest.raises(ConfigError, match="without backbone_b.name"):
+        load_config(overrides=["backbone_b.width=4"])
+    with pytest.raises(ConfigError, match="unknown config key.*backbone_b"):
+        load_config(overrides=["backbone_b=tiny_cnn", "backbone_b.depth=3"])
+
+
+def test__backbone_b_round_trips_through_saved_config(tmp_path: Path) -> None:
+    cfg = load_config(overrides=["backbone.name=tiny_cnn", "backbone_b=same",
+                                 "backbone_b.width=8"])
+    save_config(cfg, tmp_path / "config.yaml", {})
+    again = load_saved_config(tmp_path / "config.yaml")
+    assert again == cfg and config_hash(again) == config_hash(cfg)

@@ -38,10 +38,16 @@ def small_config(name: str):
     return dataclasses.replace(cfg, **changes)
 
 
-def build(name: str) -> TrainModule:
+def build(name: str, unshared: bool = False) -> TrainModule:
+    """A small method; ``unshared``: view b through its own, wider tiny_cnn (own projector)."""
     torch.manual_seed(0)
     backbone = BACKBONES.build("tiny_cnn", width=4)
-    method = METHODS.get(name).factory(backbone, small_config(name))
+    cfg = small_config(name)
+    if unshared and hasattr(cfg, "use_ema"):
+        cfg = dataclasses.replace(cfg, use_ema=False)
+    method = METHODS.get(name).factory(backbone, cfg)
+    if unshared:
+        method.set_branch_b(BACKBONES.build("tiny_cnn", width=6))
     return TrainModule(method, num_classes=3).double()
 
 
@@ -64,8 +70,9 @@ def step(model: torch.nn.Module, module: TrainModule, views, labels) -> tuple[fl
     return out.loss.detach(), {"grads": grads, "state": state}
 
 
-def _ddp_worker(rank: int, world: int, name: str, out_path: str) -> None:
-    module = convert_sync_bn(build(name), torch.device("cpu"))
+def _ddp_worker(rank: int, world: int, name: str, out_path: str, unshared: bool = False
+                ) -> None:
+    module = convert_sync_bn(build(name, unshared), torch.device("cpu"))
     model = DistributedDataParallel(module)
     views, labels = inputs()
     local = GLOBAL_BATCH // world
@@ -76,13 +83,18 @@ def _ddp_worker(rank: int, world: int, name: str, out_path: str) -> None:
         torch.save({"loss": loss / world, **res}, out_path)
 
 
-@pytest.mark.parametrize("name", METHODS.names())
-def test__two_process_step_equals_single_process(name: str, tmp_path: Path) -> None:
-    module = build(name)
+@pytest.mark.parametrize(("name", "unshared"), [
+    *((n, False) for n in METHODS.names()),
+    ("vicreg", True),  # unshared branches of different widths (VICReg Table 5)
+    ("simclr", True),  # its unshared path forwards the views separately
+])
+def test__two_process_step_equals_single_process(name: str, unshared: bool,
+                                                 tmp_path: Path) -> None:
+    module = build(name, unshared)
     views, labels = inputs()
     loss, single = step(module, module, views, labels)
     out = tmp_path / "ddp.pt"
-    run_ddp(_ddp_worker, WORLD, name, str(out))
+    run_ddp(_ddp_worker, WORLD, name, str(out), unshared)
     ddp = torch.load(out, weights_only=True)
     torch.testing.assert_close(ddp["loss"], loss, rtol=1e-9, atol=1e-10)
     assert ddp["grads"].keys() == single["grads"].keys() and single["grads"]

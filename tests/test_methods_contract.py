@@ -81,3 +81,56 @@ def test__plug_in_variance_regularizer_adds_its_term(name: str) -> None:
     assert "reg_variance" in reg.logs
     expected = plain.loss + 2.0 * reg.logs["reg_variance"]
     torch.testing.assert_close(reg.loss, expected, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- unshared branches
+# VICReg Table 5: each view through its own backbone (and projector), same architecture
+# with unshared weights or a different one. BYOL's EMA target follows one online network,
+# so BYOL takes unshared branches only with use_ema=false.
+
+
+def build_unshared(name: str, width_b: int = 6) -> Method:
+    extra = {"use_ema": False} if name == "byol" else {}
+    method = build(name, **extra)
+    method.set_branch_b(BACKBONES.build("tiny_cnn", width=width_b))  # 12 features vs 8
+    return method
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test__unshared_branch_b_runs_view_b_through_its_own_network(name: str) -> None:
+    method = build_unshared(name)
+    assert method.backbone_b.num_features != method.backbone.num_features
+    x = views()
+    out = method(x)
+    z_a, z_b = out.branches["projector"]
+    torch.testing.assert_close(z_a, method.projector(method.backbone(x[0])))
+    torch.testing.assert_close(z_b, method.projector_b(method.backbone_b(x[1])))
+    out.loss.backward()
+    for net in (method.backbone, method.backbone_b, method.projector_b):
+        grads = [p.grad for p in net.parameters() if p.requires_grad]
+        assert grads and all(g is not None for g in grads)
+        assert any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test__unshared_param_groups_cover_branch_b_once(name: str) -> None:
+    method = build_unshared(name)
+    grouped = [id(p) for g in method.param_groups() for p in g.params]
+    trainable = [id(p) for p in method.parameters() if p.requires_grad]
+    assert sorted(grouped) == sorted(trainable)
+    assert {id(p) for p in method.backbone_b.parameters()} <= set(grouped)
+
+
+def test__unshared_same_architecture_starts_from_different_weights() -> None:
+    method = build("vicreg")
+    method.set_branch_b(BACKBONES.build("tiny_cnn", width=4))
+    a, b = method.backbone.state_dict(), method.backbone_b.state_dict()
+    assert a.keys() == b.keys()
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point()
+               and a[k].ndim > 1)
+
+
+def test__byol_with_ema_refuses_unshared_branches() -> None:
+    method = build("byol")
+    with pytest.raises(ValueError, match="use_ema=false"):
+        method.set_branch_b(BACKBONES.build("tiny_cnn", width=4))

@@ -414,3 +414,14 @@ def test__eval_command_defaults_to_the_records_folder_results_reads(tmp_path: Pa
     assert argv[2:] == [str(run.folder.resolve() / "backbone.pth"), "--suite", "fast"]
     assert cmd.cwd == str(launch.REPO_ROOT)  # run_all's default --out: results/records
     assert cmd.done_file == str(run.folder.resolve() / "eval-fast.done")
+
+
+@pytest.mark.parametrize("method", ["vicreg", "barlow_twins", "simclr"])
+def test__branches_spec_is_vicreg_table_5(method: str, tmp_path: Path) -> None:
+    sweep = launch.plan(method=method, spec=SPEC_DIR / "branches.yaml", cluster="local",
+                        root=tmp_path)
+    got = {r.label.split()[0]: (r.cfg.backbone.name, r.cfg.backbone_b.name) for r in sweep.runs}
+    assert got == {"shared": ("resnet50", ""), "unshared": ("resnet50", "resnet50"),
+                   "r50_r101": ("resnet50", "resnet101"),
+                   "r50_vits": ("resnet50", "vit_small_patch16")}
+    assert all(r.cfg.method.name == method and r.cfg.train.epochs == 100 for r in sweep.runs)

@@ -118,3 +118,31 @@ def test__cli_rejects_typos(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "trainer.train", "--dry-run", "train.epoch=3"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "valid keys" in out.stderr and "epochs" in out.stderr
+
+
+def test__unshared_branches_train_resume_and_export_both(fmnist_root: Path,
+                                                         tmp_path: Path) -> None:
+    """VICReg Table 5 at toy scale: view b through a wider tiny_cnn with its own projector."""
+    from eval.checkpoint import load_backbone
+
+    extra = ("backbone_b=tiny_cnn", "backbone_b.width=6")
+    straight = train(load_config(overrides=overrides(fmnist_root, tmp_path / "a", *extra)))
+    split = tmp_path / "b"
+    train(load_config(overrides=overrides(fmnist_root, split, *extra, "train.max_steps=10")))
+    train(load_config(overrides=overrides(fmnist_root, split, *extra)))
+    state = final_state(straight)
+    assert_bit_identical(state, final_state(split))
+    assert any(k.startswith("method.backbone_b.") for k in state)
+    assert any(k.startswith("method.projector_b.") for k in state)
+    a = torch.load(straight / "backbone.pth", weights_only=True)
+    b = torch.load(straight / "backbone_b.pth", weights_only=True)
+    assert a["meta"]["branch"] == "a" and b["meta"]["branch"] == "b"
+    assert a["meta"]["branch_b"] == {"backbone": "tiny_cnn", "backbone_kwargs": {"width": 6},
+                                     "num_features": 12, "file": "backbone_b.pth"}
+    for ckpt, prefix in ((a, "method.backbone."), (b, "method.backbone_b.")):
+        assert ckpt["state_dict"].keys() == {k[len(prefix):] for k in state
+                                            if k.startswith(prefix)}
+        for k, v in ckpt["state_dict"].items():
+            assert torch.equal(v, state[prefix + k]), k
+    net_b, _ = load_backbone(straight / "backbone_b.pth")
+    assert net_b.num_features == 12

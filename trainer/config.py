@@ -7,7 +7,10 @@ value of the wrong type raises :class:`ConfigError` naming the valid keys.
 Two sections are plugins, typed by the registry entry they name:
 
 - ``method``: ``{name: vicreg, <fields of the method's config dataclass>}``;
-- ``backbone``: ``{name: resnet18_small, <keyword arguments of the factory>}``.
+- ``backbone``: ``{name: resnet18_small, <keyword arguments of the factory>}``;
+- ``backbone_b``: view b's own backbone when the branches do not share weights (VICReg
+  Table 5): ``backbone_b=resnet101``, or ``backbone_b=same`` for a second, independently
+  initialised copy of ``backbone``. Empty (the default) = one shared network.
 
 Changing ``method.name`` resets that section to the new method's paper defaults
 before the remaining diffs apply, so ``method.name=simsiam`` never inherits
@@ -128,6 +131,8 @@ class RunConfig:
 
     method: PluginConfig = field(default_factory=lambda: PluginConfig("vicreg", None))
     backbone: PluginConfig = field(default_factory=lambda: PluginConfig("resnet50", {}))
+    # view b's own backbone (unshared branches); name "" = shared weights (the default)
+    backbone_b: PluginConfig = field(default_factory=lambda: PluginConfig("", {}))
     data: DataConfig = field(default_factory=DataConfig)
     aug: AugConfig = field(default_factory=AugConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -314,10 +319,12 @@ def load_config(yaml_files: list[str | Path] = (), overrides: list[str] = ()) ->
 def resolve(diffs: list[dict[str, Any]]) -> RunConfig:
     """Merge a list of nested-dict diffs over the defaults and validate the result."""
     base = RunConfig().to_dict()
-    for section in ("method", "backbone"):
+    for section in ("method", "backbone", "backbone_b"):
         name = base[section]["name"]
         for d in diffs:
             sec = d.get(section)
+            if sec is None and section in d:  # backbone_b: null = shared
+                d[section] = sec = {"name": ""}
             if isinstance(sec, str):  # shorthand: method: vicreg
                 d[section] = sec = {"name": sec}
             if isinstance(sec, dict) and "name" in sec:
@@ -352,9 +359,30 @@ def _build(data: dict[str, Any]) -> RunConfig:
     except KeyError as e:
         raise ConfigError(f"backbone.name: {e.args[0]}") from None
     backbone = PluginConfig(bentry.name, _check_kwargs(bentry.factory, b, "backbone"))
+    backbone_b = _build_backbone_b(dict(data.pop("backbone_b")), backbone)
     rest = from_dict(_RestOfRun, data)
-    return RunConfig(method=method, backbone=backbone, **{f.name: getattr(rest, f.name)
-                                                          for f in dataclasses.fields(rest)})
+    return RunConfig(method=method, backbone=backbone, backbone_b=backbone_b,
+                     **{f.name: getattr(rest, f.name) for f in dataclasses.fields(rest)})
+
+
+def _build_backbone_b(b: dict[str, Any], backbone: PluginConfig) -> PluginConfig:
+    """``""`` = shared; ``same`` = backbone's name and kwargs (own keys override)."""
+    from backbones import BACKBONES
+
+    name = b.pop("name", "") or ""
+    if not name:
+        if b:
+            raise ConfigError(f"backbone_b: settings {sorted(b)} given without "
+                              f"backbone_b.name (a backbone name, or 'same')")
+        return PluginConfig("", {})
+    if name == "same":
+        name, b = backbone.name, {**backbone.cfg, **b}
+    try:
+        entry = BACKBONES.get(name)
+    except KeyError as e:
+        raise ConfigError(f"backbone_b.name: {e.args[0]} (or 'same', or empty for "
+                          f"shared weights)") from None
+    return PluginConfig(entry.name, _check_kwargs(entry.factory, b, "backbone_b"))
 
 
 @dataclass(frozen=True)
@@ -369,6 +397,8 @@ class _RestOfRun:
 def config_hash(cfg: RunConfig) -> str:
     """sha256 of the canonical JSON of the settings that change what a run computes."""
     d = cfg.to_dict()
+    if not cfg.backbone_b.name:  # shared weights: hashes match configs that predate the key
+        d.pop("backbone_b")
     for path in _UNHASHED:
         node = d
         for p in path[:-1]:
@@ -379,7 +409,8 @@ def config_hash(cfg: RunConfig) -> str:
 
 def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
     """``runs/<method>-<backbone>-s<seed>-<hash8>``: deterministic from the config."""
-    name = f"{cfg.method.name}-{cfg.backbone.name}-s{cfg.train.seed}-{config_hash(cfg)[:8]}"
+    arch = cfg.backbone.name + (f"+{cfg.backbone_b.name}" if cfg.backbone_b.name else "")
+    name = f"{cfg.method.name}-{arch}-s{cfg.train.seed}-{config_hash(cfg)[:8]}"
     return Path(root) / name
 
 

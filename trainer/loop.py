@@ -125,6 +125,8 @@ def build_run(cfg: RunConfig, info: DistInfo, run_dir: Path) -> Run:
                             train_set.std).to(info.device)
     backbone = BACKBONES.build(cfg.backbone.name, **cfg.backbone.cfg)
     method = METHODS.get(cfg.method.name).factory(backbone, cfg.method.cfg)
+    if cfg.backbone_b.name:  # unshared branches: view b gets its own network
+        method.set_branch_b(BACKBONES.build(cfg.backbone_b.name, **cfg.backbone_b.cfg))
     module = TrainModule(method, len(train_set.classes))
     if info.world_size > 1 and cfg.train.sync_bn:
         module = convert_sync_bn(module, info.device)
@@ -196,24 +198,36 @@ def load_checkpoint(run: Run) -> int:
 
 
 def export_backbone(run: Run, step: int, total_steps: int) -> Path:
-    """Write ``backbone.pth``: torchvision-format state dict + metadata (rank 0)."""
-    method = run.module.method
-    meta = {
-        "backbone": run.cfg.backbone.name,
-        "backbone_kwargs": dict(run.cfg.backbone.cfg),
-        "num_features": int(method.backbone.num_features),
-        "method": run.cfg.method.name,
-        "config_hash": config_hash(run.cfg),
+    """Write ``backbone.pth``: torchvision-format state dict + metadata (rank 0).
+
+    With unshared branches ``backbone.pth`` holds branch a (the one the online probe
+    reads) and its metadata records branch b, whose weights go to ``backbone_b.pth``
+    in the same format, so the eval battery can read either.
+    """
+    method, cfg = run.module.method, run.cfg
+    common = {
+        "method": cfg.method.name,
+        "config_hash": config_hash(cfg),
         "git_sha": git_sha(),
         "steps_done": step,
         "steps_total": total_steps,
         **method.export_meta(),
     }
-    sd = {k: v.detach().cpu().contiguous() for k, v in method.backbone.state_dict().items()}
-    path = run.run_dir / "backbone.pth"
-    if run.info.is_main:
-        atomic_torch_save({"format": BACKBONE_FORMAT, "state_dict": sd, "meta": meta}, path)
-    return path
+    files = [("backbone.pth", method.backbone, cfg.backbone, "a")]
+    if method.backbone_b is not None:
+        files.append(("backbone_b.pth", method.backbone_b, cfg.backbone_b, "b"))
+        common["branch_b"] = {"backbone": cfg.backbone_b.name,
+                              "backbone_kwargs": dict(cfg.backbone_b.cfg),
+                              "num_features": int(method.backbone_b.num_features),
+                              "file": "backbone_b.pth"}
+    for fname, net, plugin, branch in files:
+        meta = {"backbone": plugin.name, "backbone_kwargs": dict(plugin.cfg),
+                "num_features": int(net.num_features), "branch": branch, **common}
+        sd = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        if run.info.is_main:
+            atomic_torch_save({"format": BACKBONE_FORMAT, "state_dict": sd, "meta": meta},
+                              run.run_dir / fname)
+    return run.run_dir / "backbone.pth"
 
 
 # ----------------------------------------------------------------------------- the loop
