@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.registry import Registry
@@ -45,6 +46,8 @@ class RegularizerConfig:
     var_reg_weight: float = 0.0  # μ added to the method's own loss; 0 = off
     cov_reg_weight: float = 0.0  # ν added to the method's own loss; 0 = off
     reg_on: str = "projector"  # which branch pair: projector | predictor
+    # l2-normalise the rows first and use γ = 1/√D (VICReg Table 8's normalised variant)
+    reg_normalize: bool = False
 
 
 @dataclass
@@ -83,9 +86,14 @@ def add_regularizers(out: StepOutput, cfg: RegularizerConfig) -> StepOutput:
         raise ValueError(f"reg_on={cfg.reg_on!r} but this method exposes "
                          f"{sorted(out.branches)}")
     z_a, z_b = (gather_with_grad(full_precision(z)) for z in out.branches[cfg.reg_on])
+    target_std = 1.0
+    if cfg.reg_normalize:
+        z_a, z_b = F.normalize(z_a, dim=1), F.normalize(z_b, dim=1)
+        target_std = z_a.shape[1] ** -0.5
     loss, logs = out.loss, dict(out.logs)
     if cfg.var_reg_weight:
-        var = (variance_term(z_a) + variance_term(z_b)) / 2
+        var = (variance_term(z_a, target_std=target_std)
+               + variance_term(z_b, target_std=target_std)) / 2
         loss = loss + cfg.var_reg_weight * var
         logs["reg_variance"] = var.detach()
     if cfg.cov_reg_weight:

@@ -83,6 +83,22 @@ def test__plug_in_variance_regularizer_adds_its_term(name: str) -> None:
     torch.testing.assert_close(reg.loss, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test__normalized_variance_regularizer_uses_unit_rows_and_gamma_one_over_sqrt_d(
+        name: str) -> None:
+    if not issubclass(METHODS.get(name).config_cls, RegularizerConfig):
+        pytest.skip(f"{name} has its own variance term")
+    reg = build(name, var_reg_weight=1.0, reg_normalize=True)(views())
+    z_a, z_b = (torch.nn.functional.normalize(z.detach().double(), dim=1)
+                for z in reg.branches["projector"])
+    gamma = z_a.shape[1] ** -0.5
+    expected = sum(torch.relu(gamma - (z.var(dim=0) + 1e-4).sqrt()).mean()
+                   for z in (z_a, z_b)) / 2
+    assert 0 < expected < gamma  # the hinge is active on these random embeddings
+    torch.testing.assert_close(reg.logs["reg_variance"].double(), expected, rtol=1e-5,
+                               atol=1e-7)
+
+
 # ----------------------------------------------------------------------------- unshared branches
 # VICReg Table 5: each view through its own backbone (and projector), same architecture
 # with unshared weights or a different one. BYOL's EMA target follows one online network,
