@@ -41,6 +41,13 @@ class RegularizerConfig:
     gathered with gradient over ranks: ``var_reg_weight · ½[v(Z_a) + v(Z_b)]`` and
     ``cov_reg_weight · [c(Z_a) + c(Z_b)]``, the same conventions as :func:`vicreg_loss`.
     The paper uses μ = 1, ν = 0.01 for BYOL and SimSiam (App. C.4).
+
+    NOTE: ``reg_normalize`` is ours, not Table 4's: the terms then act on l2-normalised
+    rows with γ = 1/√D (the target of VICReg Table 8's normalised-embedding variant).
+    A cosine loss ignores scale, so on raw embeddings the hinge can be met by a large
+    mean plus one stretched direction; on unit rows it cannot. At CPU scale (README,
+    collapse ablation) μ = 1 on raw embeddings left SimSiam without predictor collapsed
+    (rank ≈ 1), while μ = 25 on normalised rows did not.
     """
 
     var_reg_weight: float = 0.0  # μ added to the method's own loss; 0 = off
