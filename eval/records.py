@@ -1,8 +1,10 @@
-"""Result records: one JSON file per (checkpoint, benchmark, protocol, metric, suite).
+"""Result records: one JSON file per (checkpoint, benchmark, protocol, metric, suite
+[, detection backend]).
 
 Schema (read by ``results/`` to build the tables; keep it stable)::
 
-    {"id": sha1(checkpoint_sha256 + benchmark + protocol + metric + suite),
+    {"id": sha1(checkpoint_sha256 + benchmark + protocol + metric + suite
+                [+ "|backend=" + extra["backend"], detection records only]),
      "checkpoint": str, "checkpoint_sha256": str, "method": str, "backbone": str,
      "run_dir": str | null, "config_hash": str | null, "seed": int | null,
      "epochs": int | null, "benchmark": str, "protocol": "paper" | "fast" | "mini",
@@ -29,9 +31,18 @@ STATUSES = ("ok", "skipped", "failed")
 
 
 def record_id(checkpoint_sha256: str, benchmark: str, protocol: str, metric: str,
-              suite: str) -> str:
-    """SHA-1 of the concatenated identifying fields."""
+              suite: str, backend: str | None = None) -> str:
+    """SHA-1 of the concatenated identifying fields.
+
+    Args:
+        backend: The detection backend (``extra["backend"]``: ``detectron2`` or
+            ``torchvision``). Its numbers are a different implementation's, reported in
+            their own column, so a Detectron2 and a torchvision record of one cell must not
+            overwrite each other. None (every non-detection record) leaves the id as it was.
+    """
     key = f"{checkpoint_sha256}{benchmark}{protocol}{metric}{suite}"
+    if backend:
+        key += f"|backend={backend}"
     return hashlib.sha1(key.encode()).hexdigest()
 
 
@@ -64,11 +75,13 @@ def make_record(*, checkpoint: str, meta: dict[str, Any], checkpoint_sha256: str
                 status: str, reason: str | None, config: dict[str, Any],
                 dataset_fingerprint: dict[str, str] | None, git: str,
                 wall_time_s: float) -> dict[str, Any]:
-    """Assemble one record in the schema above."""
+    """Assemble one record in the schema above (``extra["backend"]`` joins the id)."""
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+    backend = extra.get("backend")
     return {
-        "id": record_id(checkpoint_sha256, benchmark, protocol, metric, suite),
+        "id": record_id(checkpoint_sha256, benchmark, protocol, metric, suite,
+                        str(backend) if backend else None),
         "checkpoint": checkpoint,
         "checkpoint_sha256": checkpoint_sha256,
         "method": meta.get("method") or "external",

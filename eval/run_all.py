@@ -36,7 +36,14 @@ from eval.config import DataPaths, apply_overrides, as_dict, split_overrides  # 
 from eval.datasets import DatasetError  # noqa: E402
 from eval.detection import bench as _detection  # noqa: E402,F401  (fill BENCHMARKS)
 from eval.features import FeatureCache  # noqa: E402
-from eval.records import find_records, git_sha, make_record, write_record  # noqa: E402
+from eval.records import (  # noqa: E402
+    find_records,
+    git_sha,
+    make_record,
+    read_record,
+    record_id,
+    write_record,
+)
 from eval.registry import BENCHMARKS, Context, Metric  # noqa: E402
 from eval.suites import SUITES, Suite  # noqa: E402
 
@@ -54,6 +61,31 @@ def primary_metric(name: str, cfg: Any) -> str:
     if name in ("coco_det", "coco_seg"):
         return "AP"
     return "mAP" if name.startswith("voc07") else "top1"
+
+
+def record_backend(cfg: Any, meta: dict[str, Any]) -> str | None:
+    """The detection backend a benchmark's records will carry (None for other benchmarks).
+
+    It is part of a detection record's id: a Detectron2 and a torchvision result of one
+    cell are two records, and one does not count as the other already being recorded. A
+    run that failed is recorded under its backend; a skip (data missing, not a ResNet)
+    does not depend on the backend and is recorded without one.
+    """
+    if not isinstance(cfg, _detection.DetectionConfig):
+        return None
+    return _detection.resolve_backend(cfg, meta["backbone"], meta.get("backbone_kwargs") or {})
+
+
+def _drop_backendless_attempt(out: str, sha: str, name: str, metric: str, spec: Suite) -> None:
+    """Remove a skipped/failed record of this detection cell written without a backend.
+
+    A skip has no backend in its id, so a later success (under its backend's id) would not
+    replace it and the tables would keep showing it in a backend-less column.
+    """
+    rid = record_id(sha, name, spec.protocol, metric, spec.name)
+    old = read_record(out, rid)
+    if old is not None and old.get("status") != "ok":
+        (Path(out) / f"{rid}.json").unlink(missing_ok=True)
 
 
 def resolve_suite(name: str, overrides: list[str], only: str | None) -> Suite:
@@ -128,8 +160,11 @@ def main(checkpoint: str, suite: str = "mini", data_root: str | None = None,
     git = git_sha()
     records = []
     for name, cfg in spec.benchmarks.items():
+        backend = record_backend(cfg, meta)
         done = [] if force else find_records(out, checkpoint_sha256=sha, benchmark=name,
                                              protocol=spec.protocol, suite=spec.name, status="ok")
+        if backend:
+            done = [r for r in done if (r.get("extra") or {}).get("backend") == backend]
         if done:
             print(f"{name}: already recorded ({len(done)} records); --force to redo")
             records += done
@@ -139,7 +174,10 @@ def main(checkpoint: str, suite: str = "mini", data_root: str | None = None,
         metrics, status, reason = _run_one(ctx, name, cfg)
         wall = time.time() - start
         if status != "ok":
-            metrics = [Metric(primary_metric(name, cfg), float("nan"), {})]
+            metrics = [Metric(primary_metric(name, cfg), float("nan"),
+                              {"backend": backend} if backend and status == "failed" else {})]
+        elif backend:
+            _drop_backendless_attempt(out, sha, name, primary_metric(name, cfg), spec)
         config = {"suite": spec.name, "benchmark": as_dict(cfg), "run": as_dict(spec.run),
                   "data_root": str(Path(root).expanduser()), "data": as_dict(paths),
                   "checkpoint_format": meta["format"], "backbone_kwargs": meta["backbone_kwargs"],

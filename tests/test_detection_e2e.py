@@ -9,6 +9,7 @@ one run), a diverging run reported as failed with its log, and bad inputs.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -271,3 +272,126 @@ def test_run_all_records_detection_ok_and_failed(tmp_path: Path) -> None:
     (seg,) = [r for r in records if r["benchmark"] == "coco_seg"]
     assert seg["status"] == "failed" and seg["value"] is None
     assert "NaN at iteration 1" in seg["reason"] and "log.txt" in seg["reason"]
+
+
+# ------------------------------------------------- the backend in records, reuse, retries
+
+
+def _fake_results(ap: float) -> dict[str, dict[str, float]]:
+    names = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+    return {"bbox": {n: ap + i for i, n in enumerate(names)},
+            "segm": {n: ap - 5 + i for i, n in enumerate(names)}}
+
+
+def test_resolve_backend_matches_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from eval.detection import d2_backend
+
+    monkeypatch.setattr(d2_backend, "available", lambda: True)
+    assert bench.resolve_backend(bench.COCO_PAPER, "resnet50") == "detectron2"
+    # auto: Detectron2 cannot build a 3×3 stem, so torchvision.
+    assert bench.resolve_backend(bench.COCO_PAPER, "resnet18_small") == "torchvision"
+    assert bench.resolve_backend(bench.COCO_MINI, "resnet50") == "torchvision"  # explicit
+    assert bench.resolve_backend(bench.COCO_PAPER, "tiny_cnn") is None  # not a ResNet
+    monkeypatch.setattr(d2_backend, "available", lambda: False)
+    assert bench.resolve_backend(bench.COCO_PAPER, "resnet50") == "torchvision"
+
+
+def test_run_all_keeps_both_backends_of_one_cell(tmp_path: Path, coco_root: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A torchvision run after a Detectron2 one is neither skipped as 'already recorded'
+    nor written over the Detectron2 records; a failure is recorded under its backend, a
+    skip (backend-independent) without one, and a later success removes that skip."""
+    from eval import run_all
+    from eval.detection import d2_backend
+
+    calls: list[str] = []
+
+    def fake_d2(job: d2_backend.D2Job) -> dict:
+        calls.append("detectron2")
+        return _fake_results(40.0)
+
+    def fake_tv(*args: object, **kwargs: object) -> dict:
+        calls.append("torchvision")
+        if fail_tv:
+            raise RuntimeError("boom")
+        return {"results": _fake_results(30.0), "train_seconds": 0.0, "iterations": 1}
+
+    fail_tv = False
+    monkeypatch.setattr(d2_backend, "available", lambda: True)
+    monkeypatch.setattr(d2_backend, "run_job", fake_d2)
+    monkeypatch.setattr(bench, "_run_torchvision", fake_tv)
+    ckpt = tmp_path / "backbone.pth"
+    torch.save({"format": "sslbench.backbone/1",
+                "state_dict": build_backbone("resnet50", width=8).state_dict(),
+                "meta": {"backbone": "resnet50", "backbone_kwargs": {"width": 8}}}, ckpt)
+    out = tmp_path / "records"
+
+    def run(backend: str, *extra: str, force: bool = False) -> list[dict]:
+        return run_all.main(str(ckpt), "paper", str(tmp_path / "data"), "coco_det", str(out),
+                            force=force, overrides=[
+            "device=cpu", f"coco_det.coco_root={coco_root}",
+            f"coco_det.output_dir={tmp_path / 'runs'}", f"coco_det.backend={backend}", *extra])
+
+    (skip,) = run("detectron2", f"coco_det.coco_root={tmp_path / 'nowhere'}")
+    assert skip["status"] == "skipped" and skip["extra"] == {}
+    assert (out / f"{skip['id']}.json").is_file()
+    d2 = run("detectron2")
+    assert not (out / f"{skip['id']}.json").exists()  # superseded, not a stale column
+    tv = run("torchvision")
+    again = run("detectron2")  # recorded: not run again
+    assert calls == ["detectron2", "torchvision"]
+    assert {r["id"] for r in again} == {r["id"] for r in d2}
+    assert len(list(out.glob("*.json"))) == 12  # 6 metrics × 2 backends
+    by_backend = {b: {r["metric"]: r["value"] for r in recs} for b, recs in
+                  (("detectron2", d2), ("torchvision", tv))}
+    assert by_backend["detectron2"]["AP"] == 40.0 and by_backend["torchvision"]["AP"] == 30.0
+    assert all(r["extra"]["backend"] == "detectron2" for r in d2)
+    fail_tv = True
+    (failed,) = run("torchvision", "coco_det.reuse=false", force=True)
+    assert failed["status"] == "failed" and failed["extra"] == {"backend": "torchvision"}
+    ap = {(r["metric"], r["extra"]["backend"]): r for r in
+          (json.loads(p.read_text()) for p in out.glob("*.json"))}
+    assert len(ap) == 12  # the failure replaced torchvision's AP record, nothing else
+    assert ap[("AP", "torchvision")]["status"] == "failed"
+    assert ap[("AP", "detectron2")]["status"] == "ok"
+
+
+def test_a_run_folder_without_our_results_is_run_again(tmp_path: Path, coco_root: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crashed run leaves no (or a foreign) metrics.json: the next attempt runs (resumes)."""
+    from eval.detection import d2_backend
+
+    attempts = []
+
+    def fake_run_job(job: d2_backend.D2Job) -> dict:
+        attempts.append(job.run_dir)
+        if len(attempts) == 1:  # crashed after Detectron2's JSON lines were written there
+            (Path(job.run_dir) / "metrics.json").write_text('{"iteration": 19}\n'
+                                                            '{"iteration": 39}\n')
+            raise RuntimeError("killed")
+        return _fake_results(40.0)
+
+    monkeypatch.setattr(d2_backend, "available", lambda: True)
+    monkeypatch.setattr(d2_backend, "run_job", fake_run_job)
+    ctx = _context("resnet50", {"width": 8}, tmp_path)
+    cfg = dataclasses.replace(bench.COCO_PAPER, coco_root=str(coco_root), backend="detectron2",
+                              output_dir=str(tmp_path / "runs"))
+    with pytest.raises(DetectionRunFailed, match="RuntimeError: killed"):
+        bench.coco_det(ctx, cfg)
+    metrics = bench.coco_det(ctx, cfg)
+    assert metrics[0].value == 40.0 and attempts[0] == attempts[1]
+    body = json.loads((Path(attempts[0]) / "metrics.json").read_text())
+    assert body["backend"] == "detectron2" and body["results"]["bbox"]["AP"] == 40.0
+
+
+def test_detectron2_refuses_an_empty_schedule(tmp_path: Path, coco_root: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from eval.detection import d2_backend
+
+    monkeypatch.setattr(d2_backend, "available", lambda: True)
+    monkeypatch.setattr(d2_backend, "run_job", lambda job: pytest.fail("must not run"))
+    ctx = _context("resnet50", {"width": 8}, tmp_path)
+    cfg = dataclasses.replace(bench.COCO_PAPER, coco_root=str(coco_root), backend="detectron2",
+                              output_dir=str(tmp_path / "runs"), overrides=("SOLVER.MAX_ITER=0",))
+    with pytest.raises(ValueError, match=r"detectron2 needs SOLVER\.MAX_ITER ≥ 1, got 0"):
+        bench.coco_det(ctx, cfg)

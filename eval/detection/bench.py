@@ -14,10 +14,12 @@ two are different implementations and their numbers go in different table column
   (``eval.detection.tv_models`` / ``tv_train``).
 
 A run lives in ``<output_dir>/<preset>-<key>/`` (``config.yaml``, ``log.txt``,
-``metrics.json``), keyed by checkpoint, backend, config and data. ``coco_det`` and
-``coco_seg`` share one Mask R-CNN run when their settings agree. A run that fails (e.g.
-a NaN loss) raises :class:`DetectionRunFailed` with its log's tail, so the battery records
-it as ``failed``, never as a number.
+``metrics.json``; Detectron2 runs also ``train_metrics.json``, its checkpoints, and its full
+config in ``config.yaml``), keyed by checkpoint, backend, config and data. A folder whose
+``metrics.json`` is not a finished run's is run again (Detectron2 resumes from its last
+checkpoint there). ``coco_det`` and ``coco_seg`` share one Mask R-CNN run when their
+settings agree. A run that fails (e.g. a NaN loss) raises :class:`DetectionRunFailed` with
+its log's tail, so the battery records it as ``failed``, never as a number.
 """
 
 from __future__ import annotations
@@ -166,6 +168,34 @@ def _choose_backend(cfg: DetectionConfig, backbone: str, d2cfg: dict[str, Any]) 
     return "detectron2" if d2_backend.available() else "torchvision"
 
 
+def resolve_backend(cfg: DetectionConfig, backbone: str,
+                    backbone_kwargs: dict[str, Any] | None = None) -> str | None:
+    """The backend a benchmark will run on, as :func:`run_detection` chooses it.
+
+    The backend is part of a detection record's identity (``eval.records.record_id``), so
+    the battery asks before running: an explicit ``backend`` as is (a run that cannot honour
+    it fails under that name); ``auto`` resolved for this backbone; None where ``auto``
+    cannot be resolved (not a ResNet, an unknown preset or override: the run reports why).
+    """
+    if cfg.backend in ("detectron2", "torchvision"):
+        return cfg.backend
+    try:
+        probe, _ = build_config(cfg.preset, backbone=backbone,
+                                backbone_kwargs=backbone_kwargs or {}, overrides=cfg.overrides)
+        return _choose_backend(cfg, backbone, probe)
+    except ConfigError:
+        return None
+
+
+def _finished(path: Path) -> dict[str, Any] | None:
+    """The body of a finished run's ``metrics.json``, or None (absent, partial, foreign)."""
+    try:
+        body = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return body if isinstance(body, dict) and isinstance(body.get("results"), dict) else None
+
+
 def _tail(path: Path, lines: int = 25) -> str:
     if not path.is_file():
         return "(no log written)"
@@ -292,13 +322,18 @@ def run_detection(ctx: Context, cfg: DetectionConfig, benchmark: str) -> list[Me
                           "those of eval.detection.configs.D2_DEFAULTS")
     if iou_type == "segm" and not get(d2cfg, "MODEL.MASK_ON"):
         raise ConfigError(f"{benchmark} needs MODEL.MASK_ON true")
+    if backend == "detectron2" and get(d2cfg, "SOLVER.MAX_ITER") < 1:
+        # Detectron2's LR scheduler fails on an empty schedule with an obscure message.
+        raise ConfigError(f"detectron2 needs SOLVER.MAX_ITER ≥ 1, got "
+                          f"{get(d2cfg, 'SOLVER.MAX_ITER')} (after the linear scaling rule)")
     key_body = {"checkpoint": ctx.checkpoint_sha256, "backend": backend, "config": d2cfg,
                 "extra": extra, "data": [ctx.fingerprints[s.name] for s in (*train_splits, test)]}
     key = hashlib.sha1(json.dumps(key_body, sort_keys=True, default=str).encode()).hexdigest()
     run_dir = Path(cfg.output_dir).expanduser() / f"{cfg.preset}-{key[:16]}"
     done = run_dir / "metrics.json"
-    if cfg.reuse and done.is_file():
-        body = json.loads(done.read_text())
+    finished = _finished(done) if cfg.reuse else None
+    if finished is not None:
+        body = finished
         log.info("%s: reusing %s", benchmark, run_dir)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)

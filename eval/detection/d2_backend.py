@@ -8,6 +8,9 @@ builtin names point at ``$DETECTRON2_DATASETS``), registers MoCo's
 ``Res5ROIHeadsExtraNorm``, builds the ``CfgNode`` from our dict, trains with
 ``DefaultTrainer`` (evaluation once at the end, precise BN as configured, resuming from
 the run folder's last checkpoint after a requeue), and rank 0 writes ``metrics.json``.
+Detectron2's own per-iteration JSON log goes to ``train_metrics.json`` (its default name,
+``metrics.json``, is our results file), and the logging set-up of ``default_setup`` is
+undone after the run, so that each run's ``log.txt`` holds that run only.
 
 This module imports nothing from Detectron2 at import time.
 """
@@ -15,12 +18,15 @@ This module imports nothing from Detectron2 at import time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.util
 import inspect
 import json
+import logging
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +34,8 @@ from typing import Any
 from eval.detection.configs import to_cfgnode
 
 METRICS_FILE = "metrics.json"
+# Detectron2's JSONWriter (per-iteration losses, lr, timings); its default name is ours above.
+TRAIN_METRICS_FILE = "train_metrics.json"
 
 
 def available() -> bool:
@@ -120,9 +128,19 @@ def _trainer_class() -> type:
     from detectron2.data import MetadataCatalog
     from detectron2.engine import DefaultTrainer
     from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
+    from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 
     class Trainer(DefaultTrainer):
-        """``DefaultTrainer`` with the evaluator chosen by the dataset's type."""
+        """``DefaultTrainer`` with the evaluator chosen by the dataset's type, and its
+        per-iteration JSON log in ``train_metrics.json``."""
+
+        def build_writers(self) -> list[Any]:
+            # NOTE: default_writers() writes OUTPUT_DIR/metrics.json, our results file: a run
+            # that failed left Detectron2's JSON lines there, and every later attempt (a retry,
+            # a requeue meant to resume) then failed to parse it instead of running.
+            return [CommonMetricPrinter(self.max_iter),
+                    JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, TRAIN_METRICS_FILE)),
+                    TensorboardXWriter(self.cfg.OUTPUT_DIR)]
 
         @classmethod
         def build_evaluator(cls, cfg: Any, dataset_name: str, output_folder: str | None = None
@@ -145,8 +163,39 @@ def _plain(obj: Any) -> Any:
     return value if math.isfinite(value) else None
 
 
+@contextlib.contextmanager
+def _run_logging() -> Iterator[None]:
+    """Remove, when the run ends, the log handlers that ``default_setup`` adds for it.
+
+    NOTE: Detectron2's ``setup_logger`` adds a stdout and a ``<OUTPUT_DIR>/log.txt`` handler
+    to the ``detectron2`` and ``fvcore`` loggers for each new output folder and never removes
+    them: after a first run, a second one in the same process (the battery's VOC then COCO
+    runs) also wrote into the first run's log.txt and printed every line twice.
+    """
+    from detectron2.utils.logger import setup_logger
+
+    saved = [(lg, list(lg.handlers), lg.level, lg.propagate)
+             for lg in (logging.getLogger("detectron2"), logging.getLogger("fvcore"))]
+    setup_logger.cache_clear()  # its lru_cache would skip a folder that was set up before
+    try:
+        yield
+    finally:
+        for lg, handlers, level, propagate in saved:
+            for handler in [h for h in lg.handlers if h not in handlers]:
+                handler.flush()
+                lg.removeHandler(handler)
+            lg.setLevel(level)
+            lg.propagate = propagate
+        setup_logger.cache_clear()
+
+
 def _worker(job: D2Job) -> None:
     """One process of the run (rank 0 writes ``metrics.json``)."""
+    with _run_logging():
+        _train_and_test(job)
+
+
+def _train_and_test(job: D2Job) -> None:
     from detectron2.engine import default_setup
     from detectron2.utils import comm
 
@@ -157,11 +206,18 @@ def _worker(job: D2Job) -> None:
     cfg.DATASETS.TEST = tuple(names[n] for n in cfg.DATASETS.TEST)
     cfg.OUTPUT_DIR = job.run_dir
     cfg.freeze()
+    # Logs to <run_dir>/log.txt and replaces config.yaml by Detectron2's full config.
     default_setup(cfg, argparse.Namespace(config_file="", eval_only=False, resume=job.resume))
     trainer_cls = _trainer_class()
     trainer = trainer_cls(cfg)
     trainer.resume_or_load(resume=job.resume)
-    results = trainer.train() or trainer_cls.test(cfg, trainer.model)
+    trainer.train()
+    # NOTE: DefaultTrainer.train() returns None unless TEST.EXPECTED_RESULTS is set, but its
+    # EvalHook has already evaluated the final model (with TEST.EVAL_PERIOD 0 too) and kept
+    # the numbers in `_last_eval_results`; testing again would double the evaluation time.
+    results = getattr(trainer, "_last_eval_results", None)
+    if results is None:  # no EvalHook ran (hooks changed): evaluate here
+        results = trainer_cls.test(cfg, trainer.model)
     if comm.is_main_process():
         path = Path(job.run_dir) / METRICS_FILE
         path.write_text(json.dumps({"backend": "detectron2", "results": _plain(dict(results))},
