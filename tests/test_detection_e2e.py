@@ -395,3 +395,25 @@ def test_detectron2_refuses_an_empty_schedule(tmp_path: Path, coco_root: Path,
                               output_dir=str(tmp_path / "runs"), overrides=("SOLVER.MAX_ITER=0",))
     with pytest.raises(ValueError, match=r"detectron2 needs SOLVER\.MAX_ITER ≥ 1, got 0"):
         bench.coco_det(ctx, cfg)
+
+
+def test_reuse_false_trains_again_instead_of_resuming(tmp_path: Path, coco_root: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from eval.detection import d2_backend
+
+    jobs: list[d2_backend.D2Job] = []
+
+    def fake_run_job(job: d2_backend.D2Job) -> dict:
+        jobs.append(job)
+        return _fake_results(40.0 + len(jobs))
+
+    monkeypatch.setattr(d2_backend, "available", lambda: True)
+    monkeypatch.setattr(d2_backend, "run_job", fake_run_job)
+    ctx = _context("resnet50", {"width": 8}, tmp_path)
+    cfg = dataclasses.replace(bench.COCO_PAPER, coco_root=str(coco_root), backend="detectron2",
+                              output_dir=str(tmp_path / "runs"))
+    assert bench.coco_det(ctx, cfg)[0].value == 41.0
+    assert bench.coco_det(ctx, cfg)[0].value == 41.0  # finished: reused, not run
+    again = bench.coco_det(ctx, dataclasses.replace(cfg, reuse=False))
+    assert again[0].value == 42.0 and [j.resume for j in jobs] == [True, False]
+    assert jobs[0].run_dir == jobs[1].run_dir

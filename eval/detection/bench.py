@@ -84,7 +84,9 @@ class DetectionConfig:
     voc_root: str = ""  # the VOCdevkit folder; "" = the parent of data.voc07
     coco_root: str = ""  # the coco folder; "" = data.coco if defined, else <VOCdevkit>/../coco
     output_dir: str = "runs/detection"
-    reuse: bool = True  # reuse a finished run with the same key (coco_det + coco_seg share one)
+    # reuse a finished run with the same key (coco_det + coco_seg share one) and resume an
+    # unfinished one; false = train again from the checkpoint
+    reuse: bool = True
     # torchvision backend on the CPU: intra-op threads during the run (0 = torch's setting).
     # The mini models' convolutions are tiny; on 2 shared cores 1 thread was 3–5× faster.
     cpu_threads: int = 0
@@ -239,7 +241,7 @@ def _train_and_test(ctx: Context, d2cfg: dict[str, Any], train_splits: list[Dete
 
 def _run_detectron2(ctx: Context, d2cfg: dict[str, Any], extra: list[str],
                     splits: list[DetectionSplit], run_dir: Path, num_gpus: int,
-                    voc_root: Path, coco_root: Path) -> dict[str, Any]:
+                    voc_root: Path, coco_root: Path, resume: bool = True) -> dict[str, Any]:
     from eval.detection.convert import save_detectron2, torchvision_to_detectron2
 
     weights, report = torchvision_to_detectron2(ctx.backbone.state_dict())
@@ -260,7 +262,7 @@ def _run_detectron2(ctx: Context, d2cfg: dict[str, Any], extra: list[str],
                              "image_root": str(coco_root / f"{parts[2]}2017")}
     if not torch.cuda.is_available():
         extra = [*extra, "MODEL.DEVICE=cpu"]
-    job = d2_backend.D2Job(d2cfg, extra, specs, str(run_dir), num_gpus)
+    job = d2_backend.D2Job(d2cfg, extra, specs, str(run_dir), num_gpus, resume=resume)
     start = time.time()
     results = d2_backend.run_job(job)
     return {"results": results, "train_seconds": round(time.time() - start, 1),
@@ -344,8 +346,11 @@ def run_detection(ctx: Context, cfg: DetectionConfig, benchmark: str) -> list[Me
                 body = _run_torchvision(ctx, d2cfg, train_splits, test, run_dir, name,
                                         cfg.cpu_threads)
             else:
+                # reuse=false asks for a new run: train from the converted backbone
+                # again instead of resuming from (or re-evaluating) the folder's checkpoint
                 body = _run_detectron2(ctx, d2cfg, extra, [*train_splits, test], run_dir,
-                                       int(num_gpus or 1), voc_root, coco_root)
+                                       int(num_gpus or 1), voc_root, coco_root,
+                                       resume=cfg.reuse)
         except (DatasetError, ConfigError):
             raise
         except Exception as e:  # noqa: BLE001 (reported with the run's log, never as a number)
