@@ -7,6 +7,7 @@
   ``DefaultTrainer`` with the extra-norm C4 heads, the evaluators, ``metrics.json``; one
   evaluation per run; each run's ``log.txt`` holds that run only; a failed run can be
   retried (Detectron2's own JSON log does not take our ``metrics.json``).
+- The same transfer submitted as a SLURM job (submitit, the local cluster) when one runs.
 """
 
 from __future__ import annotations
@@ -195,3 +196,33 @@ def test_failed_detectron2_run_is_reported_and_can_be_retried(tmp_path: Path,
             bench.coco_det(ctx, cfg)
     run_dir = next((tmp_path / "runs").iterdir())
     assert (run_dir / "FAILED").is_file() and not (run_dir / "metrics.json").exists()
+
+
+def test_detectron2_transfer_as_a_slurm_job(slurm_cluster, tmp_path: Path,
+                                            voc_root: Path) -> None:
+    """The submitit/SLURM path: DetectionJob in sweeps' Job, on the local cluster."""
+    submitit = pytest.importorskip("submitit")
+    from eval.detection.job import DetectionJob, run_detection_job
+    from sweeps.job import Job
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "r50w8.pth"
+    torch.save({"format": "sslbench.backbone/1",
+                "state_dict": build_backbone("resnet50", width=8).state_dict(),
+                "meta": {"backbone": "resnet50", "backbone_kwargs": {"width": 8},
+                         "method": "random"}}, ckpt)
+    job = DetectionJob(str(ckpt), benchmarks=("voc07+12_det",), suite="mini",
+                       data_root=str(tmp_path / "data"), out=str(tmp_path / "records"),
+                       overrides=("voc07+12_det.backend=detectron2",
+                                  f"voc07+12_det.voc_root={voc_root}",
+                                  f"voc07+12_det.output_dir={tmp_path / 'runs'}",
+                                  f"voc07+12_det.overrides={json.dumps(list(FAST))}"))
+    executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="slurm")
+    executor.update_parameters(timeout_min=10, cpus_per_task=1, tasks_per_node=1, nodes=1)
+    records = executor.submit(Job(run_detection_job, job, run_dir=str(tmp_path),
+                                  num_threads=1, kind="eval")).result()
+    assert [r["metric"] for r in records] == ["AP", "AP50", "AP75"]
+    for r in records:
+        assert r["status"] == "ok" and r["extra"]["backend"] == "detectron2"
+        assert np.isfinite(r["value"])
+    assert len(list((tmp_path / "records").glob("*.json"))) == 3
