@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,24 +30,16 @@ from eval.config import DataPaths, RunSettings  # noqa: E402
 from eval.detection import bench, d2_backend  # noqa: E402
 from eval.detection.data import load_split, voc_class_names  # noqa: E402
 from eval.detection.metrics import Prediction, voc_detection_ap  # noqa: E402
-from eval.detection.mini import ensure_mini_coco  # noqa: E402
 from eval.detection.tv_train import DetectionRunFailed  # noqa: E402
 from eval.features import FeatureCache  # noqa: E402
 from eval.registry import Context  # noqa: E402
+from tests.detection_utils import one_thread, tiny_coco  # noqa: E402,F401  (autouse fixture)
 
 # pycocotools and Detectron2's COCO code against NumPy 2 (copy=False in __array__).
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 MEAN_STD = ([0.286] * 3, [0.353] * 3)
 CLASSES = ("bag", "shirt", "sneaker")
 FAST = ("SOLVER.MAX_ITER=2", "TEST.PRECISE_BN.NUM_ITER=1")
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _voc_xml(image_id: str, objects: list[tuple[str, tuple[int, ...], int]]) -> str:
@@ -93,11 +84,7 @@ def voc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def coco_root(fmnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("d2-coco") / "coco"
-    params = {"train": 16, "val": 8, "canvas": 64, "items": [2, 4], "scale": [0.75, 1.25],
-              "threshold": 24, "max_overlap": 0.25, "seed": 0}
-    ensure_mini_coco(root, fashion_root=str(fmnist_root), params=params)
-    return root
+    return tiny_coco(tmp_path_factory.mktemp("d2-coco") / "coco", fmnist_root, 16, 8)
 
 
 def _context(tmp_path: Path) -> Context:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,11 +23,11 @@ from eval.detection import bench
 from eval.detection.configs import build_config
 from eval.detection.data import DetectionDataset, load_split, voc_class_names
 from eval.detection.metrics import coco_ap, voc_detection_ap
-from eval.detection.mini import ensure_mini_coco
 from eval.detection.tv_models import build_detector
 from eval.detection.tv_train import DetectionRunFailed, predict, train
 from eval.features import FeatureCache
 from eval.registry import BENCHMARKS, Context
+from tests.detection_utils import one_thread, tiny_coco  # noqa: F401  (autouse fixture)
 
 CPU = torch.device("cpu")
 MEAN_STD = ([0.286] * 3, [0.353] * 3)  # Fashion-MNIST, as the mini suite normalises
@@ -36,22 +35,9 @@ WIDTH = 8
 LOG = logging.getLogger("sslbench.tests.detection")
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny convolutions: one intra-op thread is several times faster on 2 busy cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def coco_root(fmnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("det-e2e") / "coco"
-    params = {"train": 96, "val": 16, "canvas": 64, "items": [2, 4], "scale": [0.75, 1.25],
-              "threshold": 24, "max_overlap": 0.25, "seed": 0}
-    ensure_mini_coco(root, fashion_root=str(fmnist_root), params=params)
-    return root
+    return tiny_coco(tmp_path_factory.mktemp("det-e2e") / "coco", fmnist_root, 96, 16)
 
 
 def _detector(preset: str, num_classes: int, *overrides: str) -> tuple[torch.nn.Module, dict]:
