@@ -35,9 +35,10 @@ BENCHMARKS = {
     "inat18_linear": "iNat18: linear head on frozen features, top-1 on val",
     "voc07_svm": "VOC07: per-class linear SVMs (VISSL cost grid, 3-fold CV), all-point mAP",
     "voc07_lowshot": "VOC07 low-shot: SVMs on k positives per class, mean over samples",
-    "voc07+12_det": "VOC07+12 detection: Faster R-CNN R50-C4, AP50 on VOC07 test (11-point AP)",
-    "coco_det": "COCO detection: Mask R-CNN R50-FPN, box AP",
-    "coco_seg": "COCO instance segmentation: Mask R-CNN R50-FPN, mask AP",
+    "voc07+12_det": "VOC07+12 detection: Faster R-CNN (model in the settings), AP50 on VOC07 "
+                    "test (11-point AP)",
+    "coco_det": "COCO detection: Mask R-CNN (model in the settings), box AP",
+    "coco_seg": "COCO instance segmentation: Mask R-CNN (model in the settings), mask AP",
 }
 
 BACKENDS = {"detectron2": "d2", "torchvision": "tv"}
