@@ -10,7 +10,7 @@ from torch import nn
 
 from methods.base import split_by_ndim
 from trainer.config import OptimConfig
-from trainer.optim import LARS, build_optimizer, lr_factor, peak_lr, set_lr
+from trainer.optim import LARS, build_optimizer, lr_factor, peak_lr, scaled_step, set_lr
 
 
 def _reference_lars_step(p, grad, mu, lr, wd, eta, momentum, exclude):
@@ -131,3 +131,20 @@ def test__embedding_stats_detect_collapse() -> None:
     assert stats["std_min"] == pytest.approx(stats["std_mean"])  # one shared direction
     zero = embedding_stats(torch.zeros(8, 4, dtype=torch.float64))
     assert zero["std_mean"] == 0.0 and zero["effective_rank"] == 0.0
+
+
+def test__scaled_step_reports_an_fp16_overflow_skip_and_leaves_weights() -> None:
+    net = nn.Linear(3, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in net.parameters()]
+    x = torch.ones(2, 3)
+    # A real overflow: the scaled loss (3e38 × 10) is inf in float32.
+    scaler = torch.amp.GradScaler("cpu", init_scale=3e38)
+    assert not scaled_step(scaler, net(x).sum() * 10, [opt])
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    assert scaler.get_scale() < 3e38  # backed off
+    opt.zero_grad()
+    assert scaled_step(torch.amp.GradScaler("cpu", init_scale=1.0), net(x).sum(), [opt])
+    assert not torch.equal(before[0], net.weight)
+    opt.zero_grad()
+    assert scaled_step(torch.amp.GradScaler("cpu", enabled=False), net(x).sum(), [opt])

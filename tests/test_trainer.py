@@ -146,3 +146,37 @@ def test__unshared_branches_train_resume_and_export_both(fmnist_root: Path,
             assert torch.equal(v, state[prefix + k]), k
     net_b, _ = load_backbone(straight / "backbone_b.pth")
     assert net_b.num_features == 12
+
+
+def test__fp16_skipped_step_leaves_the_byol_target_alone(fmnist_root: Path,
+                                                         tmp_path: Path) -> None:
+    """fp16 on the CPU: a step the GradScaler skips (inf gradients) moves neither the
+    online weights nor BYOL's EMA target; the next good step moves both."""
+    from trainer.dist import init_distributed
+    from trainer.loop import build_run, train_step
+
+    cfg = load_config(overrides=overrides(fmnist_root, tmp_path / "run", "method.name=byol",
+                                          "method.predictor=32-32", "train.precision=fp16"))
+    run = build_run(cfg, init_distributed("cpu"), tmp_path / "run")
+    method = run.module.method
+
+    def snapshot() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return ([p.detach().clone() for p in method.backbone.parameters()],
+                [p.detach().clone() for p in method.target.parameters()])
+
+    # Target and online start equal; perturb the online side so an EMA step would show.
+    with torch.no_grad():
+        for p in method.backbone.parameters():
+            p.add_(0.01)
+    online0, target0 = snapshot()
+    run.scaler = torch.amp.GradScaler("cpu", init_scale=3e38)  # the scaled loss overflows
+    train_step(run, 0, 10)
+    online1, target1 = snapshot()
+    assert run.scaler.get_scale() < 3e38
+    assert all(torch.equal(a, b) for a, b in zip(online0, online1))
+    assert all(torch.equal(a, b) for a, b in zip(target0, target1))
+    run.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    train_step(run, 1, 10)
+    online2, target2 = snapshot()
+    assert not all(torch.equal(a, b) for a, b in zip(online1, online2))
+    assert not all(torch.equal(a, b) for a, b in zip(target1, target2))

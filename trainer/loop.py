@@ -36,7 +36,7 @@ from trainer.datasets import DATASETS, ImageSet
 from trainer.diagnostics import MetricsLogger, embedding_stats
 from trainer.dist import DistInfo, convert_sync_bn, init_distributed
 from trainer.io import atomic_torch_save, atomic_write_text, git_sha
-from trainer.optim import build_optimizer, lr_factor, peak_lr, set_lr
+from trainer.optim import build_optimizer, lr_factor, peak_lr, scaled_step, set_lr
 
 log = logging.getLogger("sslbench.trainer")
 BACKBONE_FORMAT = "sslbench.backbone/1"
@@ -259,12 +259,12 @@ def train_step(run: Run, step: int, total_steps: int) -> tuple[StepOutput, Tenso
         out, logits, probe_loss = run.model(views, y)
     run.optimizer.zero_grad(set_to_none=True)
     run.probe_optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(out.loss + probe_loss).backward()
-    run.scaler.step(run.optimizer)
-    run.scaler.step(run.probe_optimizer)
-    run.scaler.update()
-    run.module.method.after_optimizer_step(step, total_steps)
+    if scaled_step(run.scaler, out.loss + probe_loss, (run.optimizer, run.probe_optimizer)):
+        # NOTE: an fp16 step the scaler skipped (overflowed gradients) moved no online
+        # weight, so the hook (BYOL's EMA target) must not move either.
+        run.module.method.after_optimizer_step(step, total_steps)
     return out, logits, y, lr
+
 
 
 def _check_finite(loss_sum: Tensor, step: int, run: Run) -> None:

@@ -131,3 +131,18 @@ def set_lr(optimizer: torch.optim.Optimizer, peak: float, factor: float) -> floa
     for g in optimizer.param_groups:
         g["lr"] = peak * g.get("lr_scale", 1.0) * (1.0 if g.get("fixed_lr") else factor)
     return peak * factor
+
+
+def scaled_step(scaler: torch.amp.GradScaler, loss: Tensor,
+                optimizers: Sequence[torch.optim.Optimizer]) -> bool:
+    """Backward through ``scaler`` and step every optimizer; False if the step was skipped.
+
+    A disabled scaler (fp32, bf16) always steps. An fp16 scaler skips the step when the
+    gradients hold inf/NaN and then lowers its scale, which is how the skip is detected.
+    """
+    before = scaler.get_scale() if scaler.is_enabled() else 0.0
+    scaler.scale(loss).backward()
+    for opt in optimizers:
+        scaler.step(opt)
+    scaler.update()
+    return not scaler.is_enabled() or scaler.get_scale() >= before
