@@ -12,7 +12,7 @@
 3. ``eval/run_all.py --suite mini`` on the backbone (result records);
 4. ``results.tables`` and ``results.plots`` on those records and the run folder.
 
-The linear probe is the battery's fast protocol (``eval.linear.fit_linear_grid``): a
+The linear probe is the battery's fast protocol (``sweeps.probe.linear_probe``): a
 softmax head on standardised features, a grid of learning rates and weight decays
 trained in one pass, chosen on a held-out 10 % of the labelled images (never on test).
 """
@@ -32,33 +32,11 @@ import yaml
 
 from backbones import BACKBONES
 from eval.checkpoint import load_backbone
-from eval.features import extract_features
-from eval.knn import knn_accuracy
-from eval.linear import evaluate, fit_linear_grid
+from sweeps.probe import labelled_splits, linear_probe, probe_backbone
 from trainer.config import load_saved_config
-from trainer.datasets import DATASETS
 from trainer.io import atomic_write_text
 
 SPEC = Path(__file__).parent / "specs" / "demo.yaml"
-
-
-def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
-                 test_y: torch.Tensor) -> tuple[float, str]:
-    """Test top-1 (%) of the battery's fast linear protocol (grid chosen on a holdout)."""
-    result = fit_linear_grid(train_x, train_y, lrs=(0.01, 0.03, 0.1), wds=(0.0, 1e-4, 1e-3),
-                             epochs=20, holdout_fraction=0.1)
-    return evaluate(result, test_x, test_y)["top1"], f"lr={result.lr:g},wd={result.wd:g}"
-
-
-def probe_backbone(backbone: torch.nn.Module, train, test, crop: int) -> dict[str, float]:
-    """Linear-probe and kNN accuracy (%) of a frozen backbone's pooled features."""
-    kw = dict(mean=train.mean, std=train.std, resize=crop, crop=crop)
-    f_tr = extract_features(backbone, train.images, **kw)
-    f_te = extract_features(backbone, test.images, **kw)
-    linear, c = linear_probe(f_tr, train.labels, f_te, test.labels)
-    knn = knn_accuracy(f_tr, train.labels, f_te, test.labels, k=20, temperature=0.07,
-                       num_classes=len(train.classes))
-    return {"linear": linear, "knn": knn, "chosen": c}
 
 
 def pretrain(overrides: list[str]) -> Path:
@@ -102,10 +80,7 @@ def pretrain(overrides: list[str]) -> Path:
 def compare(run_dir: Path, labelled: int) -> dict[str, dict[str, float]]:
     """Issue 2's comparison: pretrained vs the same backbone at random init vs raw pixels."""
     cfg = load_saved_config(run_dir / "config.yaml")
-    full = DATASETS.build(cfg.data.name, root=cfg.data.root, split="train")
-    train_set = full.subset(min(labelled, len(full)))
-    test_set = DATASETS.build(cfg.data.name, root=cfg.data.root, split="test")
-    crop = cfg.aug.views[0].crop_size if cfg.aug.views else cfg.aug.crop_size
+    train_set, test_set, crop = labelled_splits(cfg, labelled)
     backbone, meta = load_backbone(run_dir / "backbone.pth")
     torch.manual_seed(cfg.train.seed)
     random_init = BACKBONES.build(meta["backbone"], **meta.get("backbone_kwargs", {})).eval()

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from sweeps import launch, manifest, status
@@ -398,7 +399,7 @@ def test__local_sweep_runs_chains_eval_and_reports_a_failed_run(
 def test__package_entry_points_have_help() -> None:
     import subprocess
 
-    for module in ("sweeps.launch", "sweeps.status"):
+    for module in ("sweeps.launch", "sweeps.status", "sweeps.probe"):
         proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True,
                               text=True, cwd=Path(__file__).resolve().parents[1])
         assert proc.returncode == 0 and "usage" in proc.stdout
@@ -425,3 +426,41 @@ def test__branches_spec_is_vicreg_table_5(method: str, tmp_path: Path) -> None:
                    "r50_r101": ("resnet50", "resnet101"),
                    "r50_vits": ("resnet50", "vit_small_patch16")}
     assert all(r.cfg.method.name == method and r.cfg.train.epochs == 100 for r in sweep.runs)
+
+
+def test__probe_reports_each_finished_run_with_its_diagnostics(fmnist_root: Path,
+                                                               tmp_path: Path, capsys) -> None:
+    from sweeps import probe
+
+    spec = write_spec(tmp_path / "p.yaml", base=tiny_base(fmnist_root),
+                      runs=[{"name": "a"}, {"name": "b", "method": {"variance_weight": 0}}])
+    sweep = launch.plan(spec=spec, cluster="local", root=tmp_path / "runs",
+                        overrides=["train.epochs=1"])
+    assert launch.launch(sweep) == 0
+    a, b = sweep.runs
+    (b.folder / "backbone.pth").rename(b.folder / "unfinished")  # left out, not an error
+    assert probe.main([str(sweep.folder)], labelled=128, random_init=True) == 0
+    table = capsys.readouterr().out
+    body = json.loads((a.folder / probe.PROBE_FILE).read_text())
+    assert body["labelled"] == 128 and body["num_test"] == 128
+    assert 0 <= body["knn"] <= 100 and 0 <= body["linear"] <= 100
+    diag = probe.last_epoch(a.folder)
+    assert diag["epoch"] == 1
+    row = next(line for line in table.splitlines() if line.startswith("| a |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:3] == [f"{diag['std_mean']:.4f}", f"{diag['std_l2']:.4f}"]
+    assert cells[3] == (f"{diag['effective_rank']:.1f} "
+                        f"({diag['effective_rank_centered']:.1f})")
+    assert cells[5:] == [f"{body['linear']:.1f}", f"{body['knn']:.1f}"]
+    assert not any(line.startswith("| b ") for line in table.splitlines())
+    assert sum(line.startswith("| random init: tiny_cnn") for line in table.splitlines()) == 1
+    # probe.json is reused while the backbone is unchanged, and redone when it changes
+    before = (a.folder / probe.PROBE_FILE).stat().st_mtime_ns
+    assert probe.probe_run(a.folder, 128) == body
+    assert (a.folder / probe.PROBE_FILE).stat().st_mtime_ns == before
+    ckpt = torch.load(a.folder / "backbone.pth", weights_only=True)
+    ckpt["state_dict"] = {k: torch.zeros_like(v) for k, v in ckpt["state_dict"].items()}
+    torch.save(ckpt, a.folder / "backbone.pth")
+    redone = probe.probe_run(a.folder, 128)
+    assert redone["backbone_sha256"] != body["backbone_sha256"]
+    assert redone["knn"] != body["knn"] or redone["linear"] != body["linear"]

@@ -1,0 +1,194 @@
+"""Frozen-feature probes of a sweep's finished runs, beside their collapse diagnostics.
+
+    python -m sweeps.probe collapse                       # runs/collapse: every finished run
+    python -m sweeps.probe runs/collapse --random-init --labelled 10000
+
+For each run with a ``backbone.pth``: the battery's fast linear protocol and kNN (k = 20,
+T = 0.07) on the frozen, pooled features of the first ``labelled`` training images of the
+run's own dataset, tested on its test split. The result goes to ``<run>/probe.json``
+(atomically) and is reused while the backbone file and ``labelled`` are unchanged, unless
+``--force``. The table (Markdown) sets it beside the last epoch's diagnostics from
+``metrics.jsonl``: mean per-dimension std of the embeddings, the same of the l2-normalised
+embeddings, effective rank (uncentred and centred), and the online probe. ``--random-init``
+adds a row per architecture: the same backbone at its initialisation, the baseline that a
+collapsed run falls to (or below).
+
+The linear protocol: a softmax head on standardised features, a grid of learning rates and
+weight decays trained in one pass, the cell chosen on a held-out 10 % of the labelled
+images, never on test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from backbones import BACKBONES
+from eval.checkpoint import file_sha256, load_backbone
+from eval.features import extract_features
+from eval.knn import knn_accuracy
+from eval.linear import evaluate, fit_linear_grid
+from sweeps import manifest
+from sweeps.status import find_sweeps
+from trainer.config import RunConfig, load_saved_config
+from trainer.datasets import DATASETS, ImageSet
+from trainer.io import atomic_write_text
+
+PROBE_FILE = "probe.json"
+DIAGNOSTICS = ("std_mean", "std_l2", "effective_rank", "effective_rank_centered",
+               "probe_val_acc")
+
+
+def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+                 test_y: torch.Tensor) -> tuple[float, str]:
+    """Test top-1 (%) of the battery's fast linear protocol (grid chosen on a holdout)."""
+    result = fit_linear_grid(train_x, train_y, lrs=(0.01, 0.03, 0.1), wds=(0.0, 1e-4, 1e-3),
+                             epochs=20, holdout_fraction=0.1)
+    return evaluate(result, test_x, test_y)["top1"], f"lr={result.lr:g},wd={result.wd:g}"
+
+
+def probe_backbone(backbone: torch.nn.Module, train: ImageSet, test: ImageSet,
+                   crop: int) -> dict[str, Any]:
+    """Linear-probe and kNN accuracy (%) of a frozen backbone's pooled features."""
+    kw = dict(mean=train.mean, std=train.std, resize=crop, crop=crop)
+    f_tr = extract_features(backbone, train.images, **kw)
+    f_te = extract_features(backbone, test.images, **kw)
+    linear, chosen = linear_probe(f_tr, train.labels, f_te, test.labels)
+    knn = knn_accuracy(f_tr, train.labels, f_te, test.labels, k=20, temperature=0.07,
+                       num_classes=len(train.classes))
+    return {"linear": linear, "knn": knn, "chosen": chosen}
+
+
+def labelled_splits(cfg: RunConfig, labelled: int) -> tuple[ImageSet, ImageSet, int]:
+    """The first ``labelled`` training images, the test split and the crop of a run."""
+    full = DATASETS.build(cfg.data.name, root=cfg.data.root, split="train")
+    test = DATASETS.build(cfg.data.name, root=cfg.data.root, split="test")
+    crop = cfg.aug.views[0].crop_size if cfg.aug.views else cfg.aug.crop_size
+    return full.subset(min(labelled, len(full))), test, crop
+
+
+def last_epoch(run_dir: Path) -> dict[str, Any]:
+    """The last ``kind: epoch`` record of a run's ``metrics.jsonl`` ({} if none)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return {}
+    last: dict[str, Any] = {}
+    for line in path.read_text().splitlines():
+        if '"epoch"' in line and line.endswith("}"):
+            rec = json.loads(line)
+            if rec.get("kind") == "epoch":
+                last = rec
+    return last
+
+
+def probe_run(run_dir: Path, labelled: int, force: bool = False) -> dict[str, Any]:
+    """Probe ``run_dir/backbone.pth``, or reuse its ``probe.json`` when still current."""
+    ckpt = run_dir / "backbone.pth"
+    key = {"labelled": labelled, "backbone_sha256": file_sha256(ckpt)}
+    saved = run_dir / PROBE_FILE
+    if saved.exists() and not force:
+        body = json.loads(saved.read_text())
+        if all(body.get(k) == v for k, v in key.items()):
+            return body
+    cfg = load_saved_config(run_dir / "config.yaml")
+    train, test, crop = labelled_splits(cfg, labelled)
+    backbone, _ = load_backbone(ckpt)
+    body = {**key, **probe_backbone(backbone, train, test, crop), "num_test": len(test)}
+    atomic_write_text(saved, json.dumps(body, indent=1) + "\n")
+    return body
+
+
+def random_init_probe(cfg: RunConfig, labelled: int) -> dict[str, Any]:
+    """The probes of ``cfg``'s backbone at its initialisation (seeded by the run's seed)."""
+    train, test, crop = labelled_splits(cfg, labelled)
+    torch.manual_seed(cfg.train.seed)
+    backbone = BACKBONES.build(cfg.backbone.name, **cfg.backbone.cfg).eval()
+    return probe_backbone(backbone, train, test, crop)
+
+
+def _cell(value: Any, digits: int) -> str:
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "—"
+    return f"{value:.{digits}f}"
+
+
+def format_table(rows: list[tuple[str, dict[str, Any], dict[str, Any]]], labelled: int) -> str:
+    """Markdown: one row per (label, last-epoch diagnostics, probe result)."""
+    lines = ["| run | std | std-l2 | rank (centred) | online probe | linear | kNN |",
+             "|---|--:|--:|--:|--:|--:|--:|"]
+    for label, diag, probe in rows:
+        rank = (f"{_cell(diag.get('effective_rank'), 1)} "
+                f"({_cell(diag.get('effective_rank_centered'), 1)})" if diag else "—")
+        online = diag.get("probe_val_acc")
+        lines.append(
+            f"| {label} | {_cell(diag.get('std_mean'), 4)} | {_cell(diag.get('std_l2'), 4)} "
+            f"| {rank} | {_cell(online * 100 if online is not None else None, 1)} "
+            f"| {_cell(probe.get('linear'), 1)} | {_cell(probe.get('knn'), 1)} |")
+    lines.append(f"\n(linear, kNN: frozen backbone, top-1 % on the test split, fit on "
+                 f"{labelled} labelled training images; the rest: the last epoch's "
+                 f"diagnostics of the embeddings and the online probe)")
+    return "\n".join(lines)
+
+
+def probe_sweep(sweep_dir: Path, labelled: int, random_init: bool = False,
+                force: bool = False) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """Probe every finished run of ``sweep_dir``; rows for :func:`format_table`."""
+    runs = manifest.load(sweep_dir).get("runs", {})
+    rows, baselines = [], {}
+    for key, entry in tqdm(sorted(runs.items(), key=lambda kv: kv[1].get("label", kv[0])),
+                           desc=f"probing {sweep_dir.name}", unit="run"):
+        run_dir = sweep_dir / key
+        if not (run_dir / "backbone.pth").exists():
+            continue  # not finished (sweep-status says why)
+        label = entry.get("label", key)
+        rows.append((label, last_epoch(run_dir), probe_run(run_dir, labelled, force)))
+        if random_init:
+            cfg = load_saved_config(run_dir / "config.yaml")
+            arch = json.dumps([cfg.backbone.name, cfg.backbone.cfg, cfg.data.name,
+                               cfg.train.seed], sort_keys=True)
+            if arch not in baselines:
+                baselines[arch] = (f"random init: {cfg.backbone.name} {cfg.backbone.cfg} "
+                                   f"seed={cfg.train.seed}", random_init_probe(cfg, labelled))
+    return rows + [(label, {}, probe) for label, probe in baselines.values()]
+
+
+def main(sweeps: list[str], root: str = "runs", labelled: int = 10_000,
+         random_init: bool = False, force: bool = False) -> int:
+    """Probe and print the named sweeps (all sweeps under ``root`` if none)."""
+    try:
+        dirs = find_sweeps(sweeps, Path(root))
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for d in dirs:
+        rows = probe_sweep(d, labelled, random_init, force)
+        if not rows:
+            print(f"sweep {d}: no finished run (make sweep-status SWEEP={d})")
+            continue
+        print(f"\nsweep {d}\n{format_table(rows, labelled)}")
+    return 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Parse the command line and run :func:`main`."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweeps", nargs="*", help="sweep names under --root, or folders")
+    parser.add_argument("--root", default="runs")
+    parser.add_argument("--labelled", type=int, default=10_000,
+                        help="training images the probes are fit on")
+    parser.add_argument("--random-init", action="store_true",
+                        help="add each architecture at its initialisation as a baseline")
+    parser.add_argument("--force", action="store_true", help="probe again, ignore probe.json")
+    args = parser.parse_args(argv)
+    return main(**vars(args))
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
