@@ -464,3 +464,25 @@ def test__probe_reports_each_finished_run_with_its_diagnostics(fmnist_root: Path
     redone = probe.probe_run(a.folder, 128)
     assert redone["backbone_sha256"] != body["backbone_sha256"]
     assert redone["knn"] != body["knn"] or redone["linear"] != body["linear"]
+
+
+def test__demo_compares_pretrained_random_init_and_raw_pixels(fmnist_root: Path,
+                                                              tmp_path: Path, capsys) -> None:
+    from sweeps import demo
+    from trainer.config import load_config
+    from trainer.loop import train
+
+    cfg = load_config(overrides=[f"data.root={fmnist_root}", f"run_dir={tmp_path / 'run'}",
+                                 "backbone.name=tiny_cnn", "backbone.width=4",
+                                 "method.projector=32-32", "train.epochs=1",
+                                 "train.batch_size=32", "data.val_samples=64",
+                                 "aug.crop_size=28", "train.progress=false",
+                                 "train.tensorboard=false"])
+    rows = demo.compare(train(cfg), labelled=128)
+    assert list(rows) == ["vicreg pretrained", "same backbone, random init", "raw pixels"]
+    assert all(0 <= r["linear"] <= 100 for r in rows.values())
+    assert rows["raw pixels"]["knn"] != rows["raw pixels"]["knn"]  # NaN: no kNN on pixels
+    # the pretrained and the random-init backbone are different networks
+    assert rows["vicreg pretrained"] != rows["same backbone, random init"]
+    out = capsys.readouterr().out
+    assert "probes fit on 128 labelled training images, evaluated on 128 test images" in out
