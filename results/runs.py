@@ -67,6 +67,15 @@ class Run:
             self._metrics = read_metrics(self.path / "metrics.jsonl")
         return self._metrics
 
+    def probe(self) -> dict[str, Any] | None:
+        """``probe.json`` (``python -m sweeps.probe``: frozen linear/kNN), or None."""
+        path = self.path / "probe.json"
+        try:
+            body = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return body if isinstance(body, dict) else None
+
     def last_epoch(self) -> dict[str, Any] | None:
         """The last ``kind == "epoch"`` record, or None."""
         epochs = [m for m in self.metrics() if m.get("kind") == "epoch"]

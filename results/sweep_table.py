@@ -7,7 +7,9 @@ seeds pooled); label columns are those keys (or the run name when more than
 - eval records linked to a run (same ``config_hash``, or ``run_dir`` = the run folder),
   one column per (benchmark, metric, protocol), never mixing protocols;
 - end-of-training numbers from the last epoch of each run's ``metrics.jsonl``: online
-  probe accuracy and the collapse diagnostics.
+  probe accuracy and the collapse diagnostics;
+- frozen-backbone probes from each run's ``probe.json`` (``python -m sweeps.probe``), when
+  some run has one.
 """
 
 from __future__ import annotations
@@ -26,9 +28,13 @@ MAX_HP_COLUMNS = 4
 # (metrics.jsonl field, label, scale, digits, higher_is_better)
 TRAINING = (("probe_val_acc", "probe val top-1", 100.0, 1, True),
             ("effective_rank", "eff. rank", 1.0, 1, None),
+            ("effective_rank_centered", "eff. rank centred", 1.0, 1, None),
             ("std_mean", "std mean", 1.0, 3, None),
             ("std_l2", "std l2-norm", 1.0, 3, None))
 TRAINING_GROUP = "end of training"
+# (probe.json field, label, digits): top-1 % of the frozen backbone, higher is better
+PROBE = (("linear", "linear top-1", 1), ("knn", "kNN top-1 k=20", 1))
+PROBE_GROUP = "frozen probe"
 
 
 def _sort_key(labels: tuple[str, ...]) -> tuple[Any, ...]:
@@ -70,13 +76,25 @@ def training_columns(runs: list[Run]) -> list[Column]:
             for name, label, _, digits, better in TRAINING if any(name in e for e in lasts)]
 
 
+def probe_columns(runs: list[Run]) -> list[Column]:
+    """Frozen-probe columns for the fields present in some run's ``probe.json``."""
+    probes = [r.probe() or {} for r in runs]
+    return [Column(f"probe/{name}", label, PROBE_GROUP, digits=digits, higher_is_better=True)
+            for name, label, digits in PROBE if any(name in p for p in probes)]
+
+
 def _training_obs(run: Run) -> dict[str, Obs]:
+    out: dict[str, Obs] = {}
     last = run.last_epoch()
-    if last is None:
-        return {}
-    source = f"{run.path}/metrics.jsonl#epoch={last.get('epoch', last.get('step'))}"
-    return {f"train/{name}": Obs(float(last[name]) * scale, source, run.seed)
-            for name, _, scale, _, _ in TRAINING if isinstance(last.get(name), (int, float))}
+    if last is not None:
+        source = f"{run.path}/metrics.jsonl#epoch={last.get('epoch', last.get('step'))}"
+        out.update({f"train/{name}": Obs(float(last[name]) * scale, source, run.seed)
+                    for name, _, scale, _, _ in TRAINING
+                    if isinstance(last.get(name), (int, float))})
+    probe = run.probe() or {}
+    out.update({f"probe/{name}": Obs(float(probe[name]), f"{run.path}/probe.json", run.seed)
+                for name, _, _ in PROBE if isinstance(probe.get(name), (int, float))})
+    return out
 
 
 def sweep_table(sweep: Sweep, records: list[Record],
@@ -89,7 +107,7 @@ def sweep_table(sweep: Sweep, records: list[Record],
     by_hp = len(varying) <= MAX_HP_COLUMNS
     linked = {id(run): linked_records(run, records) for run in sweep.runs}
     columns = record_columns([r for rs in linked.values() for r in rs])
-    columns += training_columns(sweep.runs)
+    columns += training_columns(sweep.runs) + probe_columns(sweep.runs)
     if not columns:
         return None
     grouped: dict[tuple[str, ...], dict[str, list[Obs]]] = {}
@@ -122,6 +140,13 @@ def _notes(sweep: Sweep, varying: list[str], by_hp: bool, records: list[Record])
                      "by diffing their configs.")
     notes.append(f"'{TRAINING_GROUP}' columns: the last epoch of each run's metrics.jsonl "
                  "(online probe top-1 in %, collapse diagnostics); only the probe is bolded.")
+    labelled = sorted({p.get("labelled") for p in (r.probe() for r in sweep.runs)
+                       if p and p.get("labelled")})
+    if labelled:
+        notes.append(f"'{PROBE_GROUP}' columns: each run's probe.json (python -m sweeps.probe): "
+                     f"the battery's fast linear protocol and kNN (k = 20) on the frozen "
+                     f"backbone, fit on {', '.join(map(str, labelled))} labelled training "
+                     f"images, top-1 % on the test split.")
     protocols = sorted({r.protocol for r in records})
     if protocols:
         notes.append(f"Eval columns: protocol in the column group ({', '.join(protocols)}).")

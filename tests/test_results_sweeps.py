@@ -137,3 +137,25 @@ def test__results_never_imports_torch() -> None:
     code = ("import sys, results.tables, results.plots, results.sweep_table; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test__frozen_probe_columns_come_from_probe_json(tmp_path: Path) -> None:
+    sweep_dir = make_grid_sweep(tmp_path / "runs")
+    for name, lin in (("s0-1128", 70.0), ("s1-1128", 72.0), ("s0-3128", 60.0)):
+        run = sweep_dir / f"vicreg-tiny_cnn-{name}"
+        (run / "probe.json").write_text(json.dumps({"labelled": 1000, "linear": lin,
+                                                    "knn": lin - 5, "backbone_sha256": "x"}))
+    (sweep_dir / "vicreg-tiny_cnn-s0-3256" / "probe.json").write_text("{torn")  # ignored
+    built, _, _ = build_tables(tmp_path / "records", tmp_path / "runs")
+    t = next(t for t in built if t.name == "sweep_grid")
+    assert t.cell(("0.1", "128"), "probe/linear").text() == "71.0 ± 1.4 (2)"
+    assert t.cell(("0.1", "128"), "probe/knn").text() == "66.0 ± 1.4 (2)"
+    assert t.cell(("0.3", "128"), "probe/linear").text() == "60.0 (1)"
+    assert t.cell(("0.1", "128"), "probe/linear").bold  # higher is better
+    assert not t.cell(("0.3", "128"), "probe/linear").bold
+    assert t.cell(("0.3", "256"), "probe/linear").missing  # the torn file gives nothing
+    assert any("fit on 1000 labelled training images" in n for n in t.notes)
+    cells = next(r for r in provenance(t)["rows"] if r["labels"]["train.batch_size"] == "128"
+                 and r["labels"]["optim.base_lr"] == "0.1")["cells"]
+    assert cells["probe/linear"]["record_ids"] == [
+        f"{sweep_dir}/vicreg-tiny_cnn-s{s}-1128/probe.json" for s in (0, 1)]
