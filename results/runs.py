@@ -126,12 +126,19 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def load_run(path: Path, label: str = "") -> Run | None:
-    """The run in ``path``, or None when it has no readable ``config.yaml``."""
+    """The pretraining run in ``path``, or None when ``path`` holds none.
+
+    A run's ``config.yaml`` is the trainer's: provenance keys and the resolved ``config:``
+    mapping. Other tools' ``config.yaml`` (a detection fine-tuning folder under
+    ``runs/detection`` holds Detectron2's) are not runs.
+    """
     try:
         meta = yaml.safe_load((Path(path) / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):
         return None
-    return Run(Path(path), meta, label) if isinstance(meta, dict) else None
+    if not (isinstance(meta, dict) and isinstance(meta.get("config"), dict)):
+        return None
+    return Run(Path(path), meta, label)
 
 
 @dataclass
@@ -222,10 +229,10 @@ def find_sweeps(root: str | Path = DEFAULT_RUNS) -> list[Sweep]:
         return []
     folders = {m.parent for m in root.rglob(MANIFEST)}
     for d in [root, *(p for p in root.iterdir() if p.is_dir())]:
-        if d not in folders and not (d / "config.yaml").exists() and any(
-                (c / "config.yaml").exists() for c in d.iterdir() if c.is_dir()):
+        if d not in folders and load_run(d) is None and any(
+                load_run(c) is not None for c in d.iterdir() if c.is_dir()):
             folders.add(d)
-    return [load_sweep(f) for f in sorted(folders)]
+    return [s for s in (load_sweep(f) for f in sorted(folders)) if s.runs]
 
 
 def find_runs(root: str | Path = DEFAULT_RUNS) -> list[Run]:

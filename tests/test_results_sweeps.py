@@ -159,3 +159,17 @@ def test__frozen_probe_columns_come_from_probe_json(tmp_path: Path) -> None:
                  and r["labels"]["optim.base_lr"] == "0.1")["cells"]
     assert cells["probe/linear"]["record_ids"] == [
         f"{sweep_dir}/vicreg-tiny_cnn-s{s}-1128/probe.json" for s in (0, 1)]
+
+
+def test__detection_folders_under_runs_are_not_runs(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    make_grid_sweep(root)
+    for name in ("mini_voc_C4-1", "mini_coco_C4-2"):  # eval/detection's default output_dir
+        folder = root / "detection" / name
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text("MODEL: {DEVICE: cpu}\nSOLVER: {MAX_ITER: 200}\n")
+        (folder / "metrics.json").write_text('{"backend": "detectron2", "results": {}}')
+    assert [s.name for s in find_sweeps(root)] == ["grid"]
+    assert len(find_runs(root)) == 8
+    built, _, _ = build_tables(tmp_path / "records", root)
+    assert not any("detection" in t.name for t in built)
