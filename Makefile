@@ -63,6 +63,12 @@ sweep: setup
 sweep-status: setup
 	$(PY) -m sweeps.status $(SWEEP) $(ARGS)
 
+# make probe [SWEEP=<name or folder>] [ARGS="--random-init"]: frozen linear/kNN probes of each
+# finished run beside its collapse diagnostics (every sweep under runs/ if none)
+.PHONY: probe
+probe: setup
+	$(PY) -m sweeps.probe $(SWEEP) $(ARGS)
+
 eval: setup
 	@test -n "$(CKPT)" || (echo "usage: make eval CKPT=path/to/backbone.pth [SUITE=mini|fast|paper]"; exit 2)
 	$(PY) eval/run_all.py $(CKPT) --suite $(SUITE) $(ARGS)
