@@ -33,6 +33,7 @@ class Run:
     meta: dict[str, Any]
     label: str = ""  # the sweep manifest's label, e.g. "vicreg_no_var seed=0"
     _metrics: list[dict[str, Any]] | None = field(default=None, repr=False)
+    _probe: tuple[dict[str, Any] | None] | None = field(default=None, repr=False)  # (read,)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -68,13 +69,14 @@ class Run:
         return self._metrics
 
     def probe(self) -> dict[str, Any] | None:
-        """``probe.json`` (``python -m sweeps.probe``: frozen linear/kNN), or None."""
-        path = self.path / "probe.json"
-        try:
-            body = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        return body if isinstance(body, dict) else None
+        """``probe.json`` (``python -m sweeps.probe``: frozen linear/kNN), or None (read once)."""
+        if self._probe is None:
+            try:
+                body = json.loads((self.path / "probe.json").read_text())
+            except (OSError, ValueError):
+                body = None
+            self._probe = (body if isinstance(body, dict) else None,)
+        return self._probe[0]
 
     def last_epoch(self) -> dict[str, Any] | None:
         """The last ``kind == "epoch"`` record, or None."""
