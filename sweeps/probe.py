@@ -35,6 +35,7 @@ from eval.checkpoint import file_sha256, load_backbone
 from eval.features import extract_features
 from eval.knn import knn_accuracy
 from eval.linear import evaluate, fit_linear_grid
+from results.runs import load_run
 from sweeps import manifest
 from sweeps.status import find_sweeps
 from trainer.config import RunConfig, load_saved_config
@@ -42,8 +43,6 @@ from trainer.datasets import DATASETS, ImageSet
 from trainer.io import atomic_write_text
 
 PROBE_FILE = "probe.json"
-DIAGNOSTICS = ("std_mean", "std_l2", "effective_rank", "effective_rank_centered",
-               "probe_val_acc")
 
 
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
@@ -76,16 +75,8 @@ def labelled_splits(cfg: RunConfig, labelled: int) -> tuple[ImageSet, ImageSet, 
 
 def last_epoch(run_dir: Path) -> dict[str, Any]:
     """The last ``kind: epoch`` record of a run's ``metrics.jsonl`` ({} if none)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return {}
-    last: dict[str, Any] = {}
-    for line in path.read_text().splitlines():
-        if '"epoch"' in line and line.endswith("}"):
-            rec = json.loads(line)
-            if rec.get("kind") == "epoch":
-                last = rec
-    return last
+    run = load_run(run_dir)
+    return (run.last_epoch() if run else None) or {}
 
 
 def probe_run(run_dir: Path, labelled: int, force: bool = False) -> dict[str, Any]:
@@ -94,8 +85,11 @@ def probe_run(run_dir: Path, labelled: int, force: bool = False) -> dict[str, An
     key = {"labelled": labelled, "backbone_sha256": file_sha256(ckpt)}
     saved = run_dir / PROBE_FILE
     if saved.exists() and not force:
-        body = json.loads(saved.read_text())
-        if all(body.get(k) == v for k, v in key.items()):
+        try:
+            body = json.loads(saved.read_text())
+        except ValueError:  # torn or foreign: probe again
+            body = {}
+        if isinstance(body, dict) and all(body.get(k) == v for k, v in key.items()):
             return body
     cfg = load_saved_config(run_dir / "config.yaml")
     train, test, crop = labelled_splits(cfg, labelled)

@@ -464,6 +464,8 @@ def test__probe_reports_each_finished_run_with_its_diagnostics(fmnist_root: Path
     redone = probe.probe_run(a.folder, 128)
     assert redone["backbone_sha256"] != body["backbone_sha256"]
     assert redone["knn"] != body["knn"] or redone["linear"] != body["linear"]
+    (a.folder / probe.PROBE_FILE).write_text('{"labelled": 128, "lin')  # torn: probed again
+    assert probe.probe_run(a.folder, 128) == redone
 
 
 def test__demo_compares_pretrained_random_init_and_raw_pixels(fmnist_root: Path,

@@ -266,7 +266,6 @@ def train_step(run: Run, step: int, total_steps: int) -> tuple[StepOutput, Tenso
     return out, logits, y, lr
 
 
-
 def _check_finite(loss_sum: Tensor, step: int, run: Run) -> None:
     bad = all_reduce_mean((~torch.isfinite(loss_sum)).float())
     if bad.item() > 0:
