@@ -32,12 +32,21 @@ the official code, so every BatchNorm takes statistics from one view's batch.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from methods.base import METHODS, Method, ParamGroup, RegularizerConfig, StepOutput
+from methods.base import (
+    METHODS,
+    NON_NEGATIVE,
+    POSITIVE,
+    WIDTHS,
+    Method,
+    ParamGroup,
+    RegularizerConfig,
+    StepOutput,
+)
 from methods.common import full_precision, mlp, off_diagonal
 from methods.dist import all_reduce_sum_with_grad, world_size
 
@@ -46,10 +55,13 @@ from methods.dist import all_reduce_sum_with_grad, world_size
 class BarlowTwinsConfig(RegularizerConfig):
     """Barlow Twins' official defaults."""
 
-    projector: str = "8192-8192-8192"  # every Linear without bias, BN + ReLU between
-    lambd: float = 0.0051  # λ, weight of the redundancy-reduction term (eq. 1)
-    bn_eps: float = 1e-5  # eps of the loss-side BatchNorm
-    bias_lr_ratio: float = 0.024  # lr of biases/BN params ÷ lr of weights (0.0048 / 0.2)
+    # every Linear without bias, BN + ReLU between
+    projector: str = field(default="8192-8192-8192", metadata=WIDTHS)
+    # λ, weight of the redundancy-reduction term (eq. 1)
+    lambd: float = field(default=0.0051, metadata=NON_NEGATIVE)
+    bn_eps: float = field(default=1e-5, metadata=POSITIVE)  # eps of the loss-side BatchNorm
+    # lr of biases/BN params ÷ lr of weights (0.0048 / 0.2)
+    bias_lr_ratio: float = field(default=0.024, metadata=NON_NEGATIVE)
 
 
 def _global_standardize(z: Tensor, n: int, eps: float) -> Tensor:

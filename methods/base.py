@@ -16,8 +16,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.registry import Registry
+from methods.common import parse_widths
 
 METHODS: Registry[type[Method]] = Registry("method")
+
+# Field metadata of the method configs: what a setting may hold, checked by the trainer's
+# config when it is built (``trainer.schema``; plain keys, so methods import no trainer).
+WIDTHS = {"check": parse_widths}  # "2048-2048-128": dash-separated positive widths
+POSITIVE = {"gt": 0}
+NON_NEGATIVE = {"ge": 0}
 
 
 @dataclass
@@ -50,9 +57,12 @@ class RegularizerConfig:
     (rank ≈ 1), while μ = 25 on normalised rows did not.
     """
 
-    var_reg_weight: float = 0.0  # μ added to the method's own loss; 0 = off
-    cov_reg_weight: float = 0.0  # ν added to the method's own loss; 0 = off
-    reg_on: str = "projector"  # which branch pair: projector | predictor
+    # μ added to the method's own loss; 0 = off
+    var_reg_weight: float = field(default=0.0, metadata=NON_NEGATIVE)
+    # ν added to the method's own loss; 0 = off
+    cov_reg_weight: float = field(default=0.0, metadata=NON_NEGATIVE)
+    # which branch pair: projector | predictor
+    reg_on: str = field(default="projector", metadata={"choices": ("projector", "predictor")})
     # l2-normalise the rows first and use γ = 1/√D (VICReg Table 8's normalised variant)
     reg_normalize: bool = False
 

@@ -30,13 +30,13 @@ import copy
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from methods.base import METHODS, Method, RegularizerConfig, StepOutput
+from methods.base import METHODS, WIDTHS, Method, RegularizerConfig, StepOutput
 from methods.common import full_precision, mlp, parse_widths
 
 
@@ -44,9 +44,12 @@ from methods.common import full_precision, mlp, parse_widths
 class BYOLConfig(RegularizerConfig):
     """BYOL's paper/official defaults (1000-epoch preset)."""
 
-    projector: str = "4096-256"  # hidden-output widths of the online/target projector
-    predictor: str = "4096-256"  # q_θ; its output width must equal the projector's
-    base_tau: float = 0.996  # τ_base, EMA decay at step 0 (Grill et al. 2020, §3.3)
+    # hidden-output widths of the online/target projector
+    projector: str = field(default="4096-256", metadata=WIDTHS)
+    # q_θ; its output width must equal the projector's
+    predictor: str = field(default="4096-256", metadata=WIDTHS)
+    # τ_base, EMA decay at step 0 (Grill et al. 2020, §3.3)
+    base_tau: float = field(default=0.996, metadata={"ge": 0, "le": 1})
     use_predictor: bool = True  # False: identity predictor (VICReg Table 4 ablation)
     use_ema: bool = True  # False: target = online network with stop-gradient
 

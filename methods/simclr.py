@@ -33,13 +33,13 @@ paper's head (its 69.3% headline) is 2 layers: ``projector: "2048-128"``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from methods.base import METHODS, Method, RegularizerConfig, StepOutput
+from methods.base import METHODS, POSITIVE, WIDTHS, Method, RegularizerConfig, StepOutput
 from methods.common import full_precision, mlp, parse_widths
 from methods.dist import gather_with_grad, rank
 
@@ -48,8 +48,10 @@ from methods.dist import gather_with_grad, rank
 class SimCLRConfig(RegularizerConfig):
     """SimCLR's official defaults (v2 projection head)."""
 
-    projector: str = "2048-2048-128"  # Linear widths; BN after each, ReLU between
-    temperature: float = 0.1  # τ (official default and ImageNet command)
+    # Linear widths; BN after each, ReLU between
+    projector: str = field(default="2048-2048-128", metadata=WIDTHS)
+    # τ (official default and ImageNet command)
+    temperature: float = field(default=0.1, metadata=POSITIVE)
 
 
 class _Scale(nn.Module):

@@ -26,13 +26,13 @@ predictor included), so a W-process step equals one process on the whole batch.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from methods.base import METHODS, Method, ParamGroup, RegularizerConfig, StepOutput
+from methods.base import METHODS, WIDTHS, Method, ParamGroup, RegularizerConfig, StepOutput
 from methods.common import full_precision, mlp, parse_widths
 
 
@@ -40,8 +40,10 @@ from methods.common import full_precision, mlp, parse_widths
 class SimSiamConfig(RegularizerConfig):
     """SimSiam's paper/official defaults (ImageNet, ResNet-50)."""
 
-    projector: str = "2048-2048-2048"  # f's MLP; output BN, no affine (Chen & He 2021, §3)
-    predictor: str = "512-2048"  # h: bottleneck 512, output width = projector's
+    # f's MLP; output BN, no affine (Chen & He 2021, §3)
+    projector: str = field(default="2048-2048-2048", metadata=WIDTHS)
+    # h: bottleneck 512, output width = projector's
+    predictor: str = field(default="512-2048", metadata=WIDTHS)
     use_predictor: bool = True  # False: identity predictor (collapses; paper Table 1)
     fix_pred_lr: bool = True  # keep the predictor at the peak lr (paper §4.2)
     use_bn: bool = True  # False: no BN in projector/predictor (VICReg Table 4, "BN" column)

@@ -25,13 +25,13 @@ the official code, so every BatchNorm takes statistics from one view's batch.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from methods.base import METHODS, Method, StepOutput
+from methods.base import METHODS, NON_NEGATIVE, POSITIVE, WIDTHS, Method, StepOutput
 from methods.common import covariance_term, full_precision, mlp, variance_term
 from methods.dist import gather_with_grad
 
@@ -40,12 +40,13 @@ from methods.dist import gather_with_grad
 class VICRegConfig:
     """VICReg's paper/official defaults."""
 
-    projector: str = "8192-8192-8192"  # expander widths; last Linear has no bias
-    invariance_weight: float = 25.0  # λ in Bardes et al. 2022, eq. 6
-    variance_weight: float = 25.0  # μ
-    covariance_weight: float = 1.0  # ν
-    variance_eps: float = 1e-4  # ε
-    target_std: float = 1.0  # γ
+    # expander widths; last Linear has no bias
+    projector: str = field(default="8192-8192-8192", metadata=WIDTHS)
+    invariance_weight: float = field(default=25.0, metadata=NON_NEGATIVE)  # λ, eq. 6
+    variance_weight: float = field(default=25.0, metadata=NON_NEGATIVE)  # μ
+    covariance_weight: float = field(default=1.0, metadata=NON_NEGATIVE)  # ν
+    variance_eps: float = field(default=1e-4, metadata=POSITIVE)  # ε
+    target_std: float = field(default=1.0, metadata=POSITIVE)  # γ
 
 
 def vicreg_loss(

@@ -2,7 +2,11 @@
 
 The merge order is DINOv2's: ``RunConfig()`` defaults ← experiment YAML files (diffs)
 ← command-line ``key=value`` overrides, over a *typed* schema. An unknown key or a
-value of the wrong type raises :class:`ConfigError` naming the valid keys.
+value of the wrong type raises :class:`ConfigError` naming the valid keys; a value outside
+what its field allows (a closed set, a range, a registry's names: declared next to the
+field, see :mod:`trainer.schema`) raises one naming the key, the value and what is allowed.
+:func:`preflight` adds what the schema cannot know: the device exists on this machine, and
+the backbone and method factories accept the settings.
 
 Two sections are plugins, typed by the registry entry they name:
 
@@ -22,47 +26,80 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from trainer.schema import (  # noqa: F401  (ConfigError, from_dict: re-exported)
+    ConfigError,
+    _check_kwargs,
+    at_least,
+    between,
+    bookkeeping,
+    from_dict,
+    one_of,
+    positive,
+    registry_names,
+    unhashed_fields,
+)
 
-class ConfigError(ValueError):
-    """A config key is unknown, or a value has the wrong type."""
+
+def _dataset_names() -> list[str]:
+    from trainer.datasets import DATASETS
+
+    return DATASETS.names()
+
+
+def _recipe_names() -> list[str]:
+    from trainer.augment import RECIPES
+
+    return RECIPES.names()
+
+
+def _check_device(value: str) -> None:
+    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+        return
+    raise ValueError("expected auto, cpu, cuda or cuda:N")
+
+
+def _check_channels_last(value: bool | str) -> None:
+    if not isinstance(value, bool) and value != "auto":
+        raise ValueError("expected auto, true or false")
 
 
 @dataclass(frozen=True)
 class ViewAugConfig:
     """Augmentation of one view (defaults: VICReg/BYOL view 1, official code)."""
 
-    crop_size: int = 224
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    interpolation: str = "bicubic"  # bicubic | bilinear
-    hflip_p: float = 0.5
-    jitter_p: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.2
-    hue: float = 0.1
-    grayscale_p: float = 0.2
-    blur_p: float = 1.0
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    solarize_p: float = 0.0
+    crop_size: int = field(default=224, metadata=at_least(1))
+    crop_scale: tuple[float, float] = field(default=(0.08, 1.0),
+                                            metadata={"gt": 0, "le": 1, "each": True,
+                                                      "ordered": True})
+    crop_ratio: tuple[float, float] = field(default=(3 / 4, 4 / 3),
+                                            metadata=positive(each=True, ordered=True))
+    interpolation: str = field(default="bicubic", metadata=one_of("bicubic", "bilinear"))
+    hflip_p: float = field(default=0.5, metadata=between(0, 1))
+    jitter_p: float = field(default=0.8, metadata=between(0, 1))
+    brightness: float = field(default=0.4, metadata=at_least(0))
+    contrast: float = field(default=0.4, metadata=at_least(0))
+    saturation: float = field(default=0.2, metadata=at_least(0))
+    hue: float = field(default=0.1, metadata=between(0, 0.5))
+    grayscale_p: float = field(default=0.2, metadata=between(0, 1))
+    blur_p: float = field(default=1.0, metadata=between(0, 1))
+    blur_sigma: tuple[float, float] = field(default=(0.1, 2.0),
+                                            metadata=at_least(0, each=True, ordered=True))
+    solarize_p: float = field(default=0.0, metadata=between(0, 1))
 
 
 @dataclass(frozen=True)
 class AugConfig:
     """Multi-view augmentation: a registered recipe, or explicit ``views``."""
 
-    recipe: str = "vicreg"  # see trainer.augment.RECIPES
-    crop_size: int = 224  # overrides the recipe's crop size
+    recipe: str = field(default="vicreg", metadata=registry_names(_recipe_names))
+    crop_size: int = field(default=224, metadata=at_least(1))  # overrides the recipe's
     views: tuple[ViewAugConfig, ...] = ()  # non-empty: used instead of the recipe
 
 
@@ -70,47 +107,67 @@ class AugConfig:
 class DataConfig:
     """Pretraining dataset (a registered name; the trainer never names one)."""
 
-    name: str = "fashion_mnist"
-    root: str = ""  # "" = the dataset's default search path
-    num_samples: int = 0  # 0 = all training images; N = a fixed first-N subset
-    val_samples: int = 2000  # held-out images for the online probe / diagnostics
+    name: str = field(default="fashion_mnist", metadata=registry_names(_dataset_names))
+    # "" = the dataset's default search path. Bookkeeping: a path to the same data; the
+    # number of images (steps_per_epoch) is compared on resume instead.
+    root: str = field(default="", metadata=bookkeeping())
+    # 0 = all training images; N = a fixed first-N subset
+    num_samples: int = field(default=0, metadata=at_least(0))
+    # held-out images for the online probe / diagnostics
+    val_samples: int = field(default=2000, metadata=at_least(1))
 
 
 @dataclass(frozen=True)
 class OptimConfig:
     """Optimizer and learning-rate schedule (VICReg's paper defaults)."""
 
-    name: str = "lars"  # lars | sgd | adamw
-    base_lr: float = 0.2  # lr = base_lr × global_batch / 256 (lr_scaling=linear)
-    lr_scaling: str = "linear"  # linear | sqrt | none
-    weight_decay: float = 1e-6
-    momentum: float = 0.9
-    lars_eta: float = 0.001
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_epochs: float = 10.0
-    final_lr_fraction: float = 0.001  # cosine ends at this fraction of the peak lr
-    schedule: str = "warmup_cosine"  # warmup_cosine | cosine_per_epoch | constant
+    name: str = field(default="lars", metadata=one_of("lars", "sgd", "adamw"))
+    # lr = base_lr × global_batch / 256 (lr_scaling=linear)
+    base_lr: float = field(default=0.2, metadata=positive())
+    lr_scaling: str = field(default="linear", metadata=one_of("linear", "sqrt", "none"))
+    weight_decay: float = field(default=1e-6, metadata=at_least(0))
+    momentum: float = field(default=0.9, metadata={"ge": 0, "lt": 1})
+    lars_eta: float = field(default=0.001, metadata=positive())
+    betas: tuple[float, float] = field(default=(0.9, 0.999),
+                                       metadata={"ge": 0, "lt": 1, "each": True})
+    warmup_epochs: float = field(default=10.0, metadata=at_least(0))
+    # cosine ends at this fraction of the peak lr
+    final_lr_fraction: float = field(default=0.001, metadata=between(0, 1))
+    schedule: str = field(default="warmup_cosine",
+                          metadata=one_of("warmup_cosine", "cosine_per_epoch", "constant"))
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Loop, precision, distributed and logging settings."""
+    """Loop, precision, distributed and logging settings.
 
-    epochs: int = 100
-    batch_size: int = 2048  # global, over all processes
-    seed: int = 0
-    max_steps: int = 0  # 0 = full schedule; N = stop after N steps (schedule unchanged)
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
-    channels_last: bool | str = "auto"  # auto (on GPU) | true | false
+    ``bookkeeping()`` fields do not change what a run computes: they are left out of the
+    config hash (the experiment's identity), so changing them resumes the same run.
+    """
+
+    epochs: int = field(default=100, metadata=at_least(1))
+    batch_size: int = field(default=2048, metadata=at_least(1))  # global, over all processes
+    seed: int = field(default=0, metadata=at_least(0))
+    # 0 = full schedule; N = stop after N steps (schedule unchanged)
+    max_steps: int = field(default=0, metadata=at_least(0, identity=False))
+    # auto | cpu | cuda | cuda:N. Bookkeeping: the resolved precision (what changes the
+    # numbers) is compared on resume instead.
+    device: str = field(default="auto", metadata=bookkeeping(check=_check_device))
+    # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    precision: str = field(default="auto", metadata=one_of("auto", "fp32", "bf16", "fp16"))
+    # auto (on GPU) | true | false
+    channels_last: bool | str = field(default="auto", metadata={"check": _check_channels_last})
     compile: bool = False
     sync_bn: bool = True
-    ckpt_every_steps: int = 500  # plus one at every epoch end; 0 = epoch ends only
-    log_every_steps: int = 20
-    probe_lr: float = 0.1  # online linear probe (SGD, momentum 0.9, no wd)
-    diag_samples: int = 2048  # embeddings used for the collapse diagnostics
-    tensorboard: bool = True
-    progress: bool = True
+    # plus one at every epoch end; 0 = epoch ends only
+    ckpt_every_steps: int = field(default=500, metadata=at_least(0, identity=False))
+    log_every_steps: int = field(default=20, metadata=at_least(1, identity=False))
+    # online linear probe (SGD, momentum 0.9, no wd)
+    probe_lr: float = field(default=0.1, metadata=positive())
+    # embeddings used for the collapse diagnostics
+    diag_samples: int = field(default=2048, metadata=at_least(2))
+    tensorboard: bool = field(default=True, metadata=bookkeeping())
+    progress: bool = field(default=True, metadata=bookkeeping())
 
 
 @dataclass(frozen=True)
@@ -137,7 +194,8 @@ class RunConfig:
     aug: AugConfig = field(default_factory=AugConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    run_dir: str = ""  # "" = runs/<method>-<backbone>-s<seed>-<hash8>
+    # "" = runs/<method>-<backbone>-s<seed>-<hash8>
+    run_dir: str = field(default="", metadata=bookkeeping())
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -147,11 +205,15 @@ class RunConfig:
         return out
 
 
-# Fields that do not change what a run computes; left out of the config hash.
-# ``train.max_steps`` only says where this invocation stops (the schedule is unchanged),
-# so a run stopped early and resumed with a later stop is the same run.
-_UNHASHED = {("run_dir",), ("train", "progress"), ("train", "tensorboard"), ("train", "max_steps"),
-             ("train", "log_every_steps")}
+# The fields that do not change what a run computes are declared next to them
+# (``bookkeeping()`` / ``identity=False`` metadata) and collected here; ``config_hash``
+# leaves them out. ``train.max_steps`` only says where this invocation stops (the schedule
+# is unchanged), so a run stopped early and resumed with a later stop is the same run.
+# To exclude a new setting, mark its field; nothing else changes.
+# These were dropped from the hash from the start; every later one is set to its default in
+# the hashed copy instead, so the hash of a config that kept the default is unchanged.
+_DROPPED = {("run_dir",), ("train", "progress"), ("train", "tensorboard"), ("train", "max_steps"),
+            ("train", "log_every_steps")}
 
 
 def _plain(v: Any) -> Any:
@@ -162,95 +224,6 @@ def _plain(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _plain(x) for k, x in v.items()}
     return v
-
-
-# ----------------------------------------------------------------------------- typing
-
-
-def _check_value(value: Any, tp: Any, path: str) -> Any:
-    """Coerce ``value`` to the annotated type ``tp`` or raise ConfigError."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for arg in typing.get_args(tp):
-            if arg is type(None):
-                if value is None:
-                    return None
-                continue
-            try:
-                return _check_value(value, arg, path)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{path}: {value!r} matches none of {tp}")
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping for {tp.__name__}, got {value!r}")
-        return from_dict(tp, value, path)
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_check_value(v, args[0], f"{path}.{i}") for i, v in enumerate(value))
-        if len(args) != len(value):
-            raise ConfigError(f"{path}: expected {len(args)} values, got {list(value)!r}")
-        return tuple(_check_value(v, a, f"{path}.{i}") for i, (v, a) in enumerate(zip(value, args)))
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        return dict(value)
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {value!r}")
-        (arg,) = typing.get_args(tp) or (Any,)
-        return [_check_value(v, arg, f"{path}.{i}") for i, v in enumerate(value)]
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-6" as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if tp is bool and not isinstance(value, bool):
-        raise ConfigError(f"{path}: expected true/false, got {value!r}")
-    if tp in (int, float) and isinstance(value, bool):
-        raise ConfigError(f"{path}: expected {tp.__name__}, got {value!r}")
-    if isinstance(tp, type) and not isinstance(value, tp):
-        raise ConfigError(f"{path}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
-    return value
-
-
-def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
-    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        where = f" in '{path}'" if path else ""
-        raise ConfigError(
-            f"unknown config key(s) {', '.join(unknown)}{where}; valid keys: {', '.join(names)}"
-        )
-    kwargs = {k: _check_value(v, hints[k], f"{path}.{k}" if path else k) for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def _check_kwargs(factory: Any, kwargs: dict[str, Any], path: str) -> dict[str, Any]:
-    """Validate backbone kwargs against the factory's signature and annotations."""
-    sig = inspect.signature(factory)
-    params = {n: p for n, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY or
-              p.kind is p.POSITIONAL_OR_KEYWORD}
-    unknown = sorted(set(kwargs) - set(params))
-    if unknown:
-        raise ConfigError(
-            f"unknown config key(s) {', '.join(unknown)} in '{path}'; "
-            f"valid keys: name, {', '.join(params)}"
-        )
-    hints = typing.get_type_hints(factory)
-    return {k: _check_value(v, hints.get(k, Any), f"{path}.{k}") for k, v in kwargs.items()}
 
 
 # ----------------------------------------------------------------------------- merge
@@ -307,8 +280,7 @@ def load_config(yaml_files: list[str | Path] = (), overrides: list[str] = ()) ->
     """Resolve defaults ← YAML diffs ← ``key=value`` overrides into a RunConfig."""
     diffs: list[dict[str, Any]] = []
     for f in yaml_files:
-        text = Path(f).read_text()
-        d = yaml.safe_load(text) or {}
+        d = read_yaml(f, "config file")
         if not isinstance(d, dict):
             raise ConfigError(f"{f}: expected a mapping at top level")
         diffs.append(d)
@@ -391,20 +363,95 @@ class _RestOfRun:
     aug: AugConfig = field(default_factory=AugConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    run_dir: str = ""
+    run_dir: str = field(default="", metadata=bookkeeping())
+
+
+def unhashed_keys() -> list[str]:
+    """Dotted keys that are not part of a run's identity (``bookkeeping()`` fields)."""
+    return [".".join(p) for p in unhashed_fields(RunConfig)]
 
 
 def config_hash(cfg: RunConfig) -> str:
-    """sha256 of the canonical JSON of the settings that change what a run computes."""
+    """sha256 of the canonical JSON of the settings that change what a run computes.
+
+    Bookkeeping fields (:func:`unhashed_keys`) are left out: the historic ones are dropped,
+    the others are set to their defaults, so existing hashes stay what they were.
+    """
     d = cfg.to_dict()
     if not cfg.backbone_b.name:  # shared weights: hashes match configs that predate the key
         d.pop("backbone_b")
-    for path in _UNHASHED:
-        node = d
+    defaults = RunConfig().to_dict()
+    for path in unhashed_fields(RunConfig):
+        node, default = d, defaults
         for p in path[:-1]:
-            node = node[p]
-        node.pop(path[-1], None)
+            node, default = node[p], default[p]
+        if path in _DROPPED:
+            node.pop(path[-1], None)
+        else:
+            node[path[-1]] = default[path[-1]]
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+def identity_diff(a: RunConfig, b: RunConfig) -> tuple[dict[str, tuple[Any, Any]],
+                                                       dict[str, tuple[Any, Any]]]:
+    """What differs between two configs: ``(experiment, bookkeeping)`` as
+    ``{dotted key: (value in a, value in b)}``."""
+    fa, fb = _flat(a.to_dict()), _flat(b.to_dict())
+    unhashed = set(unhashed_keys())
+    exp: dict[str, tuple[Any, Any]] = {}
+    book: dict[str, tuple[Any, Any]] = {}
+    for k in sorted(set(fa) | set(fb)):
+        va, vb = fa.get(k), fb.get(k)
+        if va != vb:
+            (book if k in unhashed else exp)[k] = (va, vb)
+    return exp, book
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def preflight(cfg: RunConfig, *, device: bool = True) -> None:
+    """Checks beyond the schema, made before anything is written (``--dry-run`` too).
+
+    Args:
+        cfg: A resolved config.
+        device: Check that ``train.device`` exists on this machine (False for a sweep
+            planned on a SLURM login node for other machines).
+
+    Raises:
+        ConfigError: No CUDA device for ``train.device=cuda``, or a factory refuses the
+            settings (the backbone and method are built on the meta device: no memory).
+    """
+    import torch
+
+    import methods  # noqa: F401
+    from backbones import BACKBONES
+    from methods.base import METHODS
+
+    dev = cfg.train.device
+    if device and dev.startswith("cuda"):
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(dev[5:]) if dev.startswith("cuda:") else 0
+        if index >= n:
+            raise ConfigError(f"train.device={dev}: this machine has "
+                              f"{n or 'no'} CUDA device(s); use train.device=auto or cpu")
+    try:
+        with torch.device("meta"):
+            backbone = BACKBONES.build(cfg.backbone.name, **cfg.backbone.cfg)
+            method = METHODS.get(cfg.method.name).factory(backbone, cfg.method.cfg)
+            if cfg.backbone_b.name:
+                method.set_branch_b(BACKBONES.build(cfg.backbone_b.name, **cfg.backbone_b.cfg))
+    except (ValueError, TypeError, AssertionError, NotImplementedError) as e:
+        raise ConfigError(f"{cfg.method.name} with backbone {cfg.backbone.name}"
+                          f"{'+' + cfg.backbone_b.name if cfg.backbone_b.name else ''}: "
+                          f"{e}") from None
 
 
 def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
@@ -412,6 +459,35 @@ def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
     arch = cfg.backbone.name + (f"+{cfg.backbone_b.name}" if cfg.backbone_b.name else "")
     name = f"{cfg.method.name}-{arch}-s{cfg.train.seed}-{config_hash(cfg)[:8]}"
     return Path(root) / name
+
+
+def run_dir_of(cfg: RunConfig, root: str | Path = "runs") -> Path:
+    """``cfg.run_dir``, else the folder under ``root`` that already holds this experiment
+    (same :func:`config_hash` from its ``config.yaml``: a folder named under an earlier
+    hash formula, or with other bookkeeping settings), else :func:`default_run_dir`."""
+    if cfg.run_dir:
+        return Path(cfg.run_dir)
+    return existing_run_dir(cfg, root) or default_run_dir(cfg, root)
+
+
+def existing_run_dir(cfg: RunConfig, root: str | Path) -> Path | None:
+    """The folder under ``root`` whose ``config.yaml`` is this experiment, or None.
+
+    Only folders named like this run (``<method>-<backbone>-s<seed>-*``) are read; the
+    default folder name wins when it exists.
+    """
+    default = default_run_dir(cfg, root)
+    if (default / "config.yaml").exists() or not Path(root).is_dir():
+        return None
+    want = config_hash(cfg)
+    prefix = default.name[: -8]
+    for path in sorted(Path(root).glob(f"{prefix}*/config.yaml")):
+        try:
+            if config_hash(load_saved_config(path)) == want:
+                return path.parent
+        except ConfigError:
+            continue
+    return None
 
 
 def save_config(cfg: RunConfig, path: Path, extra: dict[str, Any]) -> None:
@@ -422,7 +498,39 @@ def save_config(cfg: RunConfig, path: Path, extra: dict[str, Any]) -> None:
     atomic_write_text(path, yaml.safe_dump(body, sort_keys=False))
 
 
+def read_yaml(path: str | Path, what: str = "file") -> Any:
+    """Parse a YAML file; a missing, unreadable or malformed file is one ConfigError line
+    naming it (``what`` says what kind of file it should have been)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a {what}")
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such {what}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the {what} ({e})") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
+
+
+def read_saved(path: Path) -> dict[str, Any]:
+    """The body of a run folder's ``config.yaml`` (provenance keys and ``config``)."""
+    body = read_yaml(path, "run config (config.yaml)")
+    if not isinstance(body, dict) or not isinstance(body.get("config"), dict):
+        raise ConfigError(f"{path}: not a run's config.yaml (no 'config:' mapping)")
+    return body
+
+
 def load_saved_config(path: Path) -> RunConfig:
     """Rebuild the RunConfig stored in a run folder's ``config.yaml``."""
-    body = yaml.safe_load(Path(path).read_text())
-    return resolve([body["config"]])
+    body = read_saved(Path(path))
+    try:
+        return resolve([body["config"]])
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
