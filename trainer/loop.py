@@ -31,12 +31,13 @@ from backbones import BACKBONES
 from methods.base import METHODS, Method, StepOutput
 from methods.dist import all_reduce_mean, is_distributed
 from trainer.augment import EvalTransform, MultiViewAugment, resolve_views
-from trainer.config import RunConfig, config_hash, default_run_dir, save_config
+from trainer.config import RunConfig, config_hash, default_run_dir, preflight
 from trainer.datasets import DATASETS, ImageSet
 from trainer.diagnostics import MetricsLogger, embedding_stats
 from trainer.dist import DistInfo, convert_sync_bn, init_distributed
 from trainer.io import atomic_torch_save, atomic_write_text, git_sha
 from trainer.optim import build_optimizer, lr_factor, peak_lr, scaled_step, set_lr
+from trainer.rundir import claim_run_dir, read_checkpoint
 
 log = logging.getLogger("sslbench.trainer")
 BACKBONE_FORMAT = "sslbench.backbone/1"
@@ -179,15 +180,16 @@ def save_checkpoint(run: Run, step: int) -> None:
     atomic_torch_save(state, _checkpoint_path(run.run_dir))
 
 
-def load_checkpoint(run: Run) -> int:
-    """Restore the latest checkpoint of the run folder; returns the step to resume at."""
-    path = _checkpoint_path(run.run_dir)
-    if not path.exists():
+def load_checkpoint(run: Run, state: dict[str, Any] | None = None) -> int:
+    """Restore the latest checkpoint of the run folder; returns the step to resume at.
+
+    ``state``: the checkpoint already read (rank 0 reads it to check the folder first).
+    Whether it belongs to this run is checked by :func:`trainer.rundir.claim_run_dir`.
+    """
+    if state is None:
+        state = read_checkpoint(run.run_dir, run.info.device)
+    if state is None:
         return 0
-    state = torch.load(path, map_location=run.info.device, weights_only=True)
-    if state["config_hash"] != config_hash(run.cfg):
-        raise RuntimeError(f"{path} belongs to a different config (hash {state['config_hash'][:8]}"
-                           f" vs {config_hash(run.cfg)[:8]}); use another run_dir")
     run.module.load_state_dict(state["module"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.probe_optimizer.load_state_dict(state["probe_optimizer"])
@@ -331,27 +333,34 @@ def _epoch_end(run: Run, meter: _EpochMeter, logger: MetricsLogger, epoch: int, 
 
 
 def train(cfg: RunConfig) -> Path:
-    """Pretrain (or resume) the run described by ``cfg``; returns its run folder."""
+    """Pretrain (or resume) the run described by ``cfg``; returns its run folder.
+
+    Raises:
+        ConfigError: The config cannot run here (no CUDA device, a factory refuses it).
+        RunFolderError: The folder holds another experiment's weights or a damaged file.
+        FolderLockedError: Another process trains in the folder.
+    """
+    preflight(cfg)  # before anything is written
     info = init_distributed(cfg.train.device)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
     run = build_run(cfg, info, run_dir)
     total_steps = run.steps_per_epoch * cfg.train.epochs
     stop = min(total_steps, cfg.train.max_steps) if cfg.train.max_steps else total_steps
-    if info.is_main and not (run_dir / "config.yaml").exists():
-        save_config(cfg, run_dir / "config.yaml", {
-            "git_sha": git_sha(), "config_hash": config_hash(cfg), "world_size": info.world_size,
-            "device": str(info.device), "precision": _precision(cfg, info),
-            "peak_lr": run.peak_lr, "steps_per_epoch": run.steps_per_epoch,
-            "total_steps": total_steps})
-    start = load_checkpoint(run)
-    finished = stop < total_steps or (run_dir / "DONE").exists()
-    if start >= stop and (run_dir / "backbone.pth").exists() and finished:
-        log.info("%s already finished (%d steps)", run_dir, start)
-        return run_dir
-    _loop(run, start, stop, total_steps)
-    export_backbone(run, stop, total_steps)
-    if info.is_main and stop == total_steps:
-        atomic_write_text(run_dir / "DONE", f"{stop}\n")
+    resolved = {"world_size": info.world_size, "device": str(info.device),
+                "precision": _precision(cfg, info), "peak_lr": run.peak_lr,
+                "steps_per_epoch": run.steps_per_epoch, "total_steps": total_steps,
+                "train_images": len(run.train_set)}
+    with contextlib.ExitStack() as held:  # rank 0 holds the folder's lock until the end
+        state = claim_run_dir(held, run_dir, cfg, info, resolved, stop, total_steps)
+        start = load_checkpoint(run, state)
+        finished = stop < total_steps or (run_dir / "DONE").exists()
+        if start >= stop and (run_dir / "backbone.pth").exists() and finished:
+            log.info("%s already finished (%d steps)", run_dir, start)
+            return run_dir
+        _loop(run, start, stop, total_steps)
+        export_backbone(run, stop, total_steps)
+        if info.is_main and stop == total_steps:
+            atomic_write_text(run_dir / "DONE", f"{stop}\n")
     return run_dir
 
 
