@@ -7,7 +7,9 @@ as local processes through submitit's ``LocalExecutor``.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import io
 import os
 import shlex
 import shutil
@@ -18,6 +20,7 @@ from typing import Any
 
 from sweeps.spec import SpecError, parse_cli
 from trainer.config import ConfigError, from_dict
+from trainer.schema import at_least, registry_names
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLUSTERS = ("auto", "slurm", "local")
@@ -25,6 +28,12 @@ CLUSTERS = ("auto", "slurm", "local")
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED",
                  "CONFIGURING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED",
                  "PREEMPTED"}
+
+
+def _suites() -> list[str]:
+    from eval.suites import SUITES
+
+    return ["", *SUITES]
 
 
 class ClusterError(RuntimeError):
@@ -44,15 +53,20 @@ class SlurmConfig:
     qos: str = ""
     constraint: str = ""
     exclude: str = ""  # nodes to avoid
-    timeout_min: int = 24 * 60  # wall-clock limit of one job attempt
-    mem_gb: float = 0.0  # per node; 0 = the cluster's default
-    nodes: int = 1
-    gpus_per_node: int = 0
-    tasks_per_node: int = 0  # 0 = gpus_per_node, or 1 without GPUs
-    cpus_per_task: int = 1  # also the job's torch thread count
-    array_parallelism: int = 0  # runs at once: 0 = unlimited on SLURM, 1 for local processes
-    signal_delay_s: int = 120  # USR2 this long before the time limit -> checkpoint + requeue
-    max_num_timeout: int = 30  # requeues after a time limit / pre-emption before giving up
+    # wall-clock limit of one job attempt
+    timeout_min: int = field(default=24 * 60, metadata=at_least(1))
+    mem_gb: float = field(default=0.0, metadata=at_least(0))  # per node; 0 = cluster default
+    nodes: int = field(default=1, metadata=at_least(1))
+    gpus_per_node: int = field(default=0, metadata=at_least(0))
+    # 0 = gpus_per_node, or 1 without GPUs
+    tasks_per_node: int = field(default=0, metadata=at_least(0))
+    cpus_per_task: int = field(default=1, metadata=at_least(1))  # also torch's thread count
+    # runs at once: 0 = unlimited on SLURM, 1 for local processes (across launches)
+    array_parallelism: int = field(default=0, metadata=at_least(0))
+    # USR2 this long before the time limit -> checkpoint + requeue
+    signal_delay_s: int = field(default=120, metadata=at_least(0))
+    # requeues after a time limit / pre-emption before giving up
+    max_num_timeout: int = field(default=30, metadata=at_least(0))
     job_name: str = "sslbench"
     setup: tuple[str, ...] = ()  # shell lines run before the job, e.g. "module load cuda"
     # extra sbatch flags, e.g. {mail-type: END, exclusive: true}; CLI slurm.additional.mail-type=END
@@ -74,14 +88,15 @@ class EvalConfig:
     CLI: ``eval.suite=mini``; spec: ``eval: {suite: mini}`` or ``eval: mini``.
     """
 
-    suite: str = ""  # "" = no eval jobs; paper | fast | mini
+    # "" = no eval jobs; paper | fast | mini
+    suite: str = field(default="", metadata=registry_names(_suites))
     script: str = "eval/run_all.py"  # relative to the repository root
     # records folder (--out); "" = eval/run_all.py's default, results/records, which
     # results/ reads; "{run_dir}" is replaced by the run's folder
     out: str = ""
-    timeout_min: int = 12 * 60
-    gpus_per_node: int = 0
-    cpus_per_task: int = 0  # 0 = slurm.cpus_per_task
+    timeout_min: int = field(default=12 * 60, metadata=at_least(1))
+    gpus_per_node: int = field(default=0, metadata=at_least(0))
+    cpus_per_task: int = field(default=0, metadata=at_least(0))  # 0 = slurm.cpus_per_task
     extra_args: tuple[str, ...] = ()
 
 
@@ -101,6 +116,26 @@ def build_options(spec_section: dict[str, Any], cli_items: list[str], cls: type,
     except ConfigError as e:
         section = where.rsplit(":", 1)[-1].strip()
         raise SpecError(f"command line {section}.*: {e}") from None
+
+
+def check_eval(e: EvalConfig, where: str) -> None:
+    """Check the chained eval's settings as ``eval/run_all.py`` will (a custom script is
+    left to check its own); raises a SpecError naming the setting."""
+    script = Path(e.script) if Path(e.script).is_absolute() else REPO_ROOT / e.script
+    if not e.suite or script.resolve() != (REPO_ROOT / "eval" / "run_all.py").resolve():
+        return
+    from eval import run_all
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            args = run_all.parse_args(["backbone.pth", "--suite", e.suite, *e.extra_args])
+        run_all.resolve_suite(args.suite, args.overrides, args.only)
+    except SystemExit:
+        detail = err.getvalue().strip().splitlines()[-1:] or ["bad arguments"]
+        raise SpecError(f"{where}: extra_args {list(e.extra_args)}: {detail[0]}") from None
+    except (KeyError, ValueError) as x:
+        raise SpecError(f"{where}: {x.args[0] if isinstance(x, KeyError) else x}") from None
 
 
 def _merge(base: dict[str, Any], diff: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,9 @@ Runs go to ``<root>/<sweep>/<method>-<backbone>-s<seed>-<hash8>``. Finished runs
 submitted, and the trainer resumes each from its latest checkpoint. On SLURM the
 runs go out as one job array and the launcher returns; locally they run as
 submitit ``LocalExecutor`` processes (``slurm.array_parallelism`` at a time, default
-1) and the launcher waits for them.
+1, counting jobs a killed earlier launcher left running) and the launcher waits for them.
+Planning checks every run (``--dry-run`` too): its config, its factories, a local device,
+and the chained eval's settings. One launcher per sweep folder (``<sweep>/.lock``).
 """
 
 from __future__ import annotations
@@ -29,13 +31,16 @@ from sweeps.cluster import (
     EvalConfig,
     SlurmConfig,
     build_options,
+    check_eval,
     detect_cluster,
     ensure_slurm,
+    local_alive,
     local_resources,
     make_executor,
     slurm_states,
 )
 from sweeps.job import EVAL_DONE, EvalCommand, Job, run_eval
+from sweeps.manifest import ManifestError
 from sweeps.spec import (
     PlannedRun,
     SpecError,
@@ -47,6 +52,8 @@ from sweeps.spec import (
     split_cli,
 )
 from sweeps.status import collect, format_table, is_done, job_active, last_step
+from trainer.config import ConfigError, preflight
+from trainer.io import FolderLockedError, folder_lock
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,12 @@ def plan(method: str | None = None, spec: str | Path | None = None, cluster: str
     folder = Path(root) / name
     runs = expand(parsed, method, run_items, folder, seeds)
     where = detect_cluster(cluster)
+    for run in runs:  # what the schema cannot see: factories, and local devices
+        try:
+            preflight(run.cfg, device=where == "local")
+        except ConfigError as e:
+            raise SpecError(f"{parsed.path}: run '{run.label}': {e}") from None
+    check_eval(evalc, f"{parsed.path}: eval")
     if where == "local":
         slurm = local_resources(slurm)
     return Sweep(name, folder, parsed, method, where, slurm, evalc, runs)
@@ -241,7 +254,9 @@ def run_local(sweep: Sweep, todo: list[PlannedRun], evals: list[tuple[PlannedRun
     failed = 0
     try:
         while queue or running:
-            while queue and len(running) < parallel:
+            # jobs of an earlier launcher of this sweep that still run count against the limit
+            others = _others_alive(sweep, {str(job.job_id) for _, _, job in running})
+            while queue and len(running) + others < parallel:
                 kind, run = queue.pop(0)
                 job = _submit_local(sweep, kind, run)
                 running.append((kind, run, job))
@@ -262,6 +277,13 @@ def run_local(sweep: Sweep, todo: list[PlannedRun], evals: list[tuple[PlannedRun
     return failed
 
 
+def _others_alive(sweep: Sweep, mine: set[str]) -> int:
+    """Local jobs recorded in the manifest, still alive, not started by this launcher."""
+    entries = manifest.load(sweep.folder).get("runs", {})
+    ids = {e.get(k, "") for e in entries.values() for k in ("job_id", "eval_job_id")}
+    return sum(1 for j in ids if j and j not in mine and local_alive(j))
+
+
 def _submit_local(sweep: Sweep, kind: str, run: PlannedRun) -> Any:
     if kind == "train":
         job = make_executor("local", sweep.logs, sweep.slurm).submit(train_job(sweep, run))
@@ -273,9 +295,22 @@ def _submit_local(sweep: Sweep, kind: str, run: PlannedRun) -> Any:
 
 
 def launch(sweep: Sweep, wait: bool = False) -> int:
-    """Submit what is left to do of ``sweep``; returns a process exit code."""
+    """Submit what is left to do of ``sweep``; returns a process exit code.
+
+    One launcher per sweep folder: a second one stops naming the first (a local sweep's
+    launcher holds the folder until its runs end; a SLURM one while it submits).
+
+    Raises:
+        FolderLockedError: Another launcher holds the sweep folder.
+    """
     if sweep.cluster == "slurm":
         ensure_slurm()
+    with folder_lock(sweep.folder, f"sweep launcher, {sweep.cluster}"):
+        code = _launch(sweep)
+    return wait_for(sweep) if wait and sweep.cluster == "slurm" and code == 0 else code
+
+
+def _launch(sweep: Sweep) -> int:
     entries = manifest.load(sweep.folder).get("runs", {})
     ids = [e.get(k, "") for e in entries.values() for k in ("job_id", "eval_job_id")]
     states = slurm_states(ids) if sweep.cluster == "slurm" else {}
@@ -294,7 +329,7 @@ def launch(sweep: Sweep, wait: bool = False) -> int:
     jobs = submit_slurm(sweep, todo, evals)
     print(f"submitted {len(jobs)} job(s): {', '.join(str(j.job_id) for j in jobs)}\n"
           f"watch with: make sweep-status SWEEP={sweep.folder}   (logs: {sweep.folder}/logs/)")
-    return wait_for(sweep) if wait else 0
+    return 0
 
 
 def _evals_to_submit(sweep: Sweep, entries: dict[str, Any], states: dict[str, str],
@@ -335,7 +370,7 @@ def main(method: str | None, spec: str | None, cluster: str, overrides: list[str
             print(describe(sweep, decide(sweep, manifest.load(sweep.folder).get("runs", {}), {})))
             return 0
         return launch(sweep, wait)
-    except (SpecError, ClusterError) as e:
+    except (SpecError, ClusterError, ManifestError, FolderLockedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

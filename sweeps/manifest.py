@@ -22,17 +22,34 @@ MANIFEST = "sweep.json"
 FORMAT = "sslbench.sweep/1"
 
 
+class ManifestError(ValueError):
+    """``sweep.json`` cannot be read; the message names it and says what to do."""
+
+
 def now() -> str:
     """Local time, ISO format to the second."""
     return time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def load(sweep_dir: Path) -> dict[str, Any]:
-    """The manifest of ``sweep_dir`` ({} when there is none yet)."""
+    """The manifest of ``sweep_dir`` ({} when there is none yet).
+
+    Raises:
+        ManifestError: The file is not valid JSON or not a manifest.
+    """
     path = Path(sweep_dir) / MANIFEST
     if not path.exists():
         return {}
-    return json.loads(path.read_text())
+    hint = ("it only records job ids and labels (the run folders hold the runs): move it "
+            "aside and launch again to rebuild it")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ManifestError(f"{path}: unreadable ({e}); {hint}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("runs", {}), dict):
+        raise ManifestError(f"{path}: not a sweep manifest (expected an object with 'runs'); "
+                            f"{hint}")
+    return data
 
 
 @contextlib.contextmanager

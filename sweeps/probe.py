@@ -38,7 +38,7 @@ from eval.linear import evaluate, fit_linear_grid
 from results.runs import load_run
 from sweeps import manifest
 from sweeps.status import find_sweeps
-from trainer.config import RunConfig, load_saved_config
+from trainer.config import ConfigError, RunConfig, load_saved_config
 from trainer.datasets import DATASETS, ImageSet
 from trainer.io import atomic_write_text
 
@@ -161,13 +161,19 @@ def main(sweeps: list[str], root: str = "runs", labelled: int = 10_000,
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    code = 0
     for d in dirs:
-        rows = probe_sweep(d, labelled, random_init, force)
+        try:
+            rows = probe_sweep(d, labelled, random_init, force)
+        except (manifest.ManifestError, ConfigError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            code = 2
+            continue
         if not rows:
             print(f"sweep {d}: no finished run (make sweep-status SWEEP={d})")
             continue
         print(f"\nsweep {d}\n{format_table(rows, labelled)}")
-    return 0
+    return code
 
 
 def cli(argv: list[str] | None = None) -> int:

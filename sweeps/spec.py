@@ -20,8 +20,10 @@ one-run spec whose ``base`` is that diff.
 Runs are the product ``runs × grid × seeds`` (a missing part counts as one empty
 entry). Each run's config is ``defaults ← base ← method_overrides[method] ← run ←
 grid point ← seed ← METHOD ← CLI key=value``. Its folder is derived from the
-resolved config alone (:func:`trainer.config.default_run_dir`), so the same run
-always lands in the same folder, whichever cluster runs it.
+resolved config alone (:func:`trainer.config.default_run_dir`: settings that do not change
+the result, such as ``train.ckpt_every_steps``, are not part of it), so the same run always
+lands in the same folder, whichever cluster runs it. A ``method_overrides`` key that is not
+a registered method is an error.
 """
 
 from __future__ import annotations
@@ -35,7 +37,14 @@ from typing import Any
 
 import yaml
 
-from trainer.config import ConfigError, RunConfig, default_run_dir, parse_overrides, resolve
+from trainer.config import (
+    ConfigError,
+    RunConfig,
+    default_run_dir,
+    existing_run_dir,
+    parse_overrides,
+    resolve,
+)
 
 SPEC_DIR = Path(__file__).resolve().parent / "specs"
 TOP_KEYS = ("name", "description", "base", "method_overrides", "runs", "grid", "seeds",
@@ -145,7 +154,11 @@ def load_spec(path: str | Path) -> SweepSpec:
     if not isinstance(name, str) or "/" in name:
         raise SpecError(f"{path}: name: expected a folder name, got {name!r}")
     overrides = _mapping(data.get("method_overrides"), f"{path}: method_overrides")
+    names = available_methods()
     for m, diff in overrides.items():
+        if m not in names:  # a typo would silently give that method the base recipe
+            raise SpecError(f"{path}: method_overrides.{m}: unknown method '{m}'; available "
+                            f"methods: {', '.join(names)}")
         overrides[m] = _mapping(diff, f"{path}: method_overrides.{m}")
     return SweepSpec(
         path=path, name=name, base=_mapping(data.get("base"), f"{path}: base"),
@@ -321,7 +334,8 @@ def expand(spec: SweepSpec, method: str | None, cli: list[str], root: str | Path
         except ConfigError as e:
             raise SpecError(_blame(spec, name, mo, run_name, run_diff, point, method_diff,
                                    cli_diffs, label, e)) from None
-        folder = default_run_dir(cfg, root)
+        # a folder of this experiment named under an earlier hash formula is reused
+        folder = existing_run_dir(cfg, root) or default_run_dir(cfg, root)
         cfg = dataclasses.replace(cfg, run_dir=str(folder))
         planned.setdefault(folder.name, PlannedRun(label, cfg, folder))
     return list(planned.values())

@@ -221,13 +221,19 @@ def main(sweeps: list[str], root: str = "runs", as_json: bool = False) -> int:
     if not dirs:
         print(f"no sweeps under {root}/ (launch one with: make sweep METHOD=...)")
         return 0
+    code = 0
     for i, d in enumerate(dirs):
-        data, rows = collect(d)
+        try:
+            data, rows = collect(d)
+        except manifest.ManifestError as e:
+            print(f"error: {e}", file=sys.stderr)
+            code = 2
+            continue
         if as_json:
             print(json.dumps({"sweep": str(d), "runs": [r.__dict__ for r in rows]}, indent=1))
         else:
             print(("\n" if i else "") + format_table(d, data, rows))
-    return 0
+    return code
 
 
 def cli(argv: list[str] | None = None) -> int:
