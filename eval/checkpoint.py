@@ -34,6 +34,7 @@ import yaml
 from torch import Tensor, nn
 
 from backbones import BACKBONES, build_backbone
+from trainer.io import DamagedFileError, load_torch_file
 
 log = logging.getLogger("sslbench.eval")
 
@@ -123,8 +124,13 @@ def read_run_config(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / "config.yaml"
     if not path.is_file():
         return None
-    body = yaml.safe_load(path.read_text()) or {}
-    config = body.get("config", body)
+    try:
+        body = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: the run's config.yaml beside the checkpoint is "
+                              f"unreadable ({first}); repair or remove it") from None
+    config = body.get("config", body) if isinstance(body, dict) else None
     return config if isinstance(config, dict) else None
 
 
@@ -281,11 +287,15 @@ def load_backbone(
         ``run_dir``, ``seed``, ``epochs``, ``config_hash`` and ``key_report`` (a dict).
 
     Raises:
-        CheckpointError: The load would be partial (and ``allow_partial`` is False), shapes
-            disagree, or no backbone can be determined.
+        CheckpointError: The file is missing, a folder, empty or not a readable torch file;
+            the load would be partial (and ``allow_partial`` is False), shapes disagree, or
+            no backbone can be determined. The message starts with the file.
     """
     path = Path(path)
-    obj = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        obj = load_torch_file(path, "checkpoint", map_location)
+    except DamagedFileError as e:
+        raise CheckpointError(str(e)) from None
     sd, meta = _our_metadata(obj, path) if isinstance(obj, Mapping) else ({}, {})
     if not sd:
         sd, container = _unwrap(obj, path)
@@ -298,7 +308,10 @@ def load_backbone(
                     backbone)
         kwargs = dict(backbone_kwargs or {})
     if name is None:
-        name, kwargs, report, fmt = _infer_backbone(sd)
+        try:
+            name, kwargs, report, fmt = _infer_backbone(sd)
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: {e}") from None
         log.info("%s: inferred backbone %s %s", path, name, kwargs or "")
     else:
         if not kwargs:

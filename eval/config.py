@@ -5,7 +5,12 @@ Every benchmark has a frozen dataclass of protocol settings (registered with it 
 settings. Overrides are dotted: ``knn.ks=20,200``, ``imagenet_linear.epochs=10``,
 ``data.voc07=/data/VOC2007``, ``run.device=cuda`` (or just ``device=cuda``). Values are
 parsed as YAML and checked against the field's type; an unknown key is an error naming
-the valid ones.
+the valid ones; a value outside what the setting allows (:data:`RULES`: ``knn.ks=0``, a
+negative lr, an unknown mode) is an error naming the key, the value and what is allowed.
+
+Record identity (:func:`identity`): the settings that change a benchmark's value, so a
+record made with other settings is neither reused nor overwritten. Paths, threads,
+workers, the device, caches and logging cadence are not part of it.
 """
 
 from __future__ import annotations
@@ -21,7 +26,92 @@ from typing import Any
 
 import yaml
 
+from trainer.schema import check_value
+
 DEFAULT_MINI_ROOT = "~/.cache/sslbench/mini"
+
+
+def _presets() -> list[str]:
+    from eval.detection.presets import PRESETS
+
+    return sorted(PRESETS)
+
+
+def _check_device(value: str) -> None:
+    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+        return
+    raise ValueError("expected auto, cpu, cuda or cuda:N")
+
+
+# What a setting may hold, by field name in any benchmark config or RunSettings
+# ("Class.field" refines a name for one class), in trainer.schema's metadata keys. Checked
+# when a suite is resolved, defaults included (tests check every suite's own settings).
+RULES: dict[str, dict[str, Any]] = {
+    "ks": {"ge": 1, "each": True, "nonempty": True},
+    "temperature": {"gt": 0},
+    "epochs": {"ge": 1}, "grid_epochs": {"ge": 1}, "eval_every": {"ge": 1},
+    "batch_size": {"ge": 1}, "grid_batch_size": {"ge": 1},
+    "folds": {"ge": 2}, "num_samples": {"ge": 1},
+    "resize": {"ge": 0}, "crop": {"ge": 1},
+    "lr": {"gt": 0}, "lr_head": {"gt": 0}, "lr_backbone": {"ge": 0},
+    "lrs": {"gt": 0, "each": True, "nonempty": True},
+    "wds": {"ge": 0, "each": True, "nonempty": True},
+    "costs": {"gt": 0, "each": True, "nonempty": True},
+    "milestones": {"ge": 1, "each": True},
+    "weight_decay": {"ge": 0}, "momentum": {"ge": 0, "lt": 1},
+    "holdout_fraction": {"gt": 0, "lt": 1},
+    "taps": {"nonempty": True},
+    "schedule": {"choices": ("cosine", "multistep")},
+    "solver": {"choices": ("batched", "liblinear")},
+    "dtype": {"choices": ("float64", "float32")},
+    "LinearConfig.mode": {"choices": ("augmented", "features")},
+    "VOCSVMConfig.mode": {"choices": ("squash", "center_crop")},
+    "LowShotConfig.mode": {"choices": ("squash", "center_crop")},
+    "backend": {"choices": ("auto", "detectron2", "torchvision")},
+    "preset": {"choices": _presets},
+    "num_gpus": {"ge": 0}, "cpu_threads": {"ge": 0},
+    "RunSettings.device": {"check": _check_device},
+    "num_workers": {"ge": 0}, "threads": {"ge": 0}, "seed": {"ge": 0},
+    "std": {"gt": 0, "each": True, "nonempty": True}, "mean": {"nonempty": True},
+}
+# Settings that do not change a benchmark's value (left out of a record's identity).
+RUN_IDENTITY = ("seed", "mean", "std")  # of RunSettings; the rest is how, not what
+NOT_IDENTITY = frozenset({"output_dir", "reuse", "cpu_threads", "voc_root", "coco_root",
+                          "eval_every"})
+# Settings that choose which records a benchmark writes, each record keeping its own value
+# (``extra["k"]``): part of what a run must match to be reused, not of a record's variant.
+PER_RECORD = frozenset({"ks"})
+
+
+def check_settings(obj: Any, prefix: str) -> None:
+    """Raise a ValueError (one line) for a setting of ``obj`` outside :data:`RULES`."""
+    name = type(obj).__name__
+    for f in dataclasses.fields(obj):
+        rule = RULES.get(f"{name}.{f.name}", RULES.get(f.name))
+        if rule is not None:
+            check_value(getattr(obj, f.name), rule, f"{prefix}.{f.name}")
+
+
+def identity(benchmark: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """The settings that change a record's value, from ``as_dict`` of a benchmark config and
+    of the RunSettings (or the ``config`` a record stores), in canonical JSON form."""
+    body = {"benchmark": {k: v for k, v in (benchmark or {}).items() if k not in NOT_IDENTITY},
+            "run": {k: (run or {}).get(k) for k in RUN_IDENTITY}}
+    return json.loads(json.dumps(body, sort_keys=True))
+
+
+def variant(current: dict[str, Any], default: dict[str, Any]) -> str:
+    """``"temperature=0.5"``: the identity settings that differ from the suite's own,
+    leaving out :data:`PER_RECORD` ones ("" = the suite's settings)."""
+    parts = []
+    for section in ("benchmark", "run"):
+        cur, base = current.get(section, {}), default.get(section, {})
+        for k in sorted(set(cur) | set(base)):
+            if k not in PER_RECORD and cur.get(k) != base.get(k):
+                v = cur.get(k)
+                text = ",".join(map(str, v)) if isinstance(v, list) else str(v)
+                parts.append(f"{'' if section == 'benchmark' else 'run.'}{k}={text}")
+    return " ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -115,7 +205,9 @@ def apply_overrides(obj: Any, pairs: dict[str, str], prefix: str) -> Any:
             raise KeyError(f"unknown key '{prefix}.{name}'; valid: "
                            + ", ".join(f"{prefix}.{k}" for k in types_))
         changes[name] = coerce(parse_value(text), types_[name], f"{prefix}.{name}")
-    return dataclasses.replace(obj, **changes)
+    out = dataclasses.replace(obj, **changes)
+    check_settings(out, prefix)
+    return out
 
 
 def split_overrides(items: list[str]) -> dict[str, dict[str, str]]:

@@ -1,17 +1,30 @@
 """Result records: one JSON file per (checkpoint, benchmark, protocol, metric, suite
-[, detection backend]).
+[, detection backend] [, variant]).
 
 Schema (read by ``results/`` to build the tables; keep it stable)::
 
     {"id": sha1(checkpoint_sha256 + benchmark + protocol + metric + suite
-                [+ "|backend=" + extra["backend"], detection records only]),
+                [+ "|backend=" + extra["backend"], detection records only]
+                [+ "|variant=" + variant, records made with non-default settings only]),
      "checkpoint": str, "checkpoint_sha256": str, "method": str, "backbone": str,
      "run_dir": str | null, "config_hash": str | null, "seed": int | null,
      "epochs": int | null, "benchmark": str, "protocol": "paper" | "fast" | "mini",
      "suite": str, "metric": str, "value": float (percent) | null, "extra": {...},
-     "status": "ok" | "skipped" | "failed", "reason": str | null, "config": {...},
+     "status": "ok" | "skipped" | "failed", "reason": str | null,
+     "variant": str | null,          # settings that differ from the suite's, e.g.
+                                     # "temperature=0.5" (eval.config.variant); null = none
+     "partial_load": bool,           # weights loaded with --allow-partial (keys missing,
+                                     # unknown or dropped); "key_report" has the counts
+     "key_report": {"matched": int, "missing": int, "unexpected": int} | null,
+     "group": [id, ...],             # every record the same benchmark run wrote
+     "config": {"suite", "benchmark": {...}, "run": {...}, ...},  # the settings used
      "dataset_fingerprint": {"<dataset>/<split>": sha1, ...} | null,
      "git_sha": str, "date": ISO 8601, "wall_time_s": float}
+
+Records written before ``variant``/``partial_load``/``key_report``/``group`` existed lack
+them (read as null/false/null/[]). A benchmark counts as recorded for a checkpoint when an
+``ok`` record's stored settings (:func:`eval.config.identity`) equal the requested ones and
+every record of its ``group`` is readable and ``ok``; anything else is measured again.
 
 Each record is written to ``<records_dir>/<id>.json`` through a temporary file and
 ``os.replace``, so readers never see a partial file and re-runs overwrite in place.
@@ -31,7 +44,7 @@ STATUSES = ("ok", "skipped", "failed")
 
 
 def record_id(checkpoint_sha256: str, benchmark: str, protocol: str, metric: str,
-              suite: str, backend: str | None = None) -> str:
+              suite: str, backend: str | None = None, variant: str | None = None) -> str:
     """SHA-1 of the concatenated identifying fields.
 
     Args:
@@ -39,10 +52,15 @@ def record_id(checkpoint_sha256: str, benchmark: str, protocol: str, metric: str
             ``torchvision``). Its numbers are a different implementation's, reported in
             their own column, so a Detectron2 and a torchvision record of one cell must not
             overwrite each other. None (every non-detection record) leaves the id as it was.
+        variant: The settings that differ from the suite's (``"temperature=0.5"``), so a
+            record made with them sits beside the default one. None/"" leaves the id as it
+            was.
     """
     key = f"{checkpoint_sha256}{benchmark}{protocol}{metric}{suite}"
     if backend:
         key += f"|backend={backend}"
+    if variant:
+        key += f"|variant={variant}"
     return hashlib.sha1(key.encode()).hexdigest()
 
 
@@ -57,15 +75,22 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def find_records(records_dir: str | Path, **match: Any) -> list[dict[str, Any]]:
-    """All readable records whose fields equal ``match``."""
+def find_records(records_dir: str | Path, problems: list[str] | None = None,
+                 **match: Any) -> list[dict[str, Any]]:
+    """All readable records whose fields equal ``match``.
+
+    Args:
+        problems: If given, one line is appended per file that cannot be read.
+    """
     out = []
     for path in sorted(Path(records_dir).glob("*.json")):
         try:
             rec = json.loads(path.read_text())
-        except (json.JSONDecodeError, OSError):
+        except (ValueError, OSError) as e:
+            if problems is not None:
+                problems.append(f"{path}: unreadable ({e})")
             continue
-        if all(rec.get(k) == v for k, v in match.items()):
+        if isinstance(rec, dict) and all(rec.get(k) == v for k, v in match.items()):
             out.append(rec)
     return out
 
@@ -74,14 +99,17 @@ def make_record(*, checkpoint: str, meta: dict[str, Any], checkpoint_sha256: str
                 protocol: str, suite: str, metric: str, value: float | None, extra: dict[str, Any],
                 status: str, reason: str | None, config: dict[str, Any],
                 dataset_fingerprint: dict[str, str] | None, git: str,
-                wall_time_s: float) -> dict[str, Any]:
-    """Assemble one record in the schema above (``extra["backend"]`` joins the id)."""
+                wall_time_s: float, variant: str | None = None, partial_load: bool = False,
+                key_report: dict[str, int] | None = None,
+                group: list[str] | None = None) -> dict[str, Any]:
+    """Assemble one record in the schema above (``extra["backend"]`` and ``variant`` join
+    the id)."""
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
     backend = extra.get("backend")
     return {
         "id": record_id(checkpoint_sha256, benchmark, protocol, metric, suite,
-                        str(backend) if backend else None),
+                        str(backend) if backend else None, variant or None),
         "checkpoint": checkpoint,
         "checkpoint_sha256": checkpoint_sha256,
         "method": meta.get("method") or "external",
@@ -98,6 +126,10 @@ def make_record(*, checkpoint: str, meta: dict[str, Any], checkpoint_sha256: str
         "extra": _clean(extra),
         "status": status,
         "reason": reason,
+        "variant": variant or None,
+        "partial_load": bool(partial_load),
+        "key_report": key_report,
+        "group": list(group or []),
         "config": _clean(config),
         "dataset_fingerprint": dataset_fingerprint or None,
         "git_sha": git,

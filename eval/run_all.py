@@ -7,8 +7,16 @@ Usage::
 
 (also ``python -m eval.run_all`` / ``python -m eval``). Overrides are ``<benchmark>.<field>``,
 ``data.<dataset>`` or run settings (``device=cuda``, ``num_workers=16`` …); an unknown key
-is an error that lists the valid ones. Results go to ``<out>/<id>.json`` (default
-``results/records``); benchmarks already recorded as ``ok`` are skipped unless ``--force``.
+is an error that lists the valid ones, and so is a value a setting cannot take
+(``knn.ks=0``). Results go to ``<out>/<id>.json`` (default ``results/records``). A benchmark
+already recorded as ``ok`` *with the same settings* (those that change its value:
+``eval.config.identity``) is skipped unless ``--force``; other settings are measured and
+recorded beside the old records (their ``variant`` names what differs), and a benchmark
+with a torn or missing record of its group is measured again. A load with
+``--allow-partial`` is marked in its records (``partial_load``) and in the tables.
+
+Exit status: 0 all recorded, 1 a benchmark failed, 2 a usage, settings or checkpoint error
+(one line naming the file or key).
 """
 
 from __future__ import annotations
@@ -32,7 +40,15 @@ import torch  # noqa: E402
 
 from eval import bench_classification, bench_voc  # noqa: E402,F401  (fill BENCHMARKS)
 from eval.checkpoint import CheckpointError, file_sha256, load_backbone  # noqa: E402
-from eval.config import DataPaths, apply_overrides, as_dict, split_overrides  # noqa: E402
+from eval.config import (  # noqa: E402
+    DataPaths,
+    apply_overrides,
+    as_dict,
+    check_settings,
+    identity,
+    split_overrides,
+    variant,
+)
 from eval.datasets import DatasetError  # noqa: E402
 from eval.detection import bench as _detection  # noqa: E402,F401  (fill BENCHMARKS)
 from eval.features import FeatureCache  # noqa: E402
@@ -76,13 +92,14 @@ def record_backend(cfg: Any, meta: dict[str, Any]) -> str | None:
     return _detection.resolve_backend(cfg, meta["backbone"], meta.get("backbone_kwargs") or {})
 
 
-def _drop_backendless_attempt(out: str, sha: str, name: str, metric: str, spec: Suite) -> None:
+def _drop_backendless_attempt(out: str, sha: str, name: str, metric: str, spec: Suite,
+                              var: str) -> None:
     """Remove a skipped/failed record of this detection cell written without a backend.
 
     A skip has no backend in its id, so a later success (under its backend's id) would not
     replace it and the tables would keep showing it in a backend-less column.
     """
-    rid = record_id(sha, name, spec.protocol, metric, spec.name)
+    rid = record_id(sha, name, spec.protocol, metric, spec.name, variant=var)
     old = read_record(out, rid)
     if old is not None and old.get("status") != "ok":
         (Path(out) / f"{rid}.json").unlink(missing_ok=True)
@@ -103,6 +120,7 @@ def resolve_suite(name: str, overrides: list[str], only: str | None) -> Suite:
         benchmarks = {b: benchmarks[b] for b in wanted}
     sections = split_overrides(overrides)
     run = apply_overrides(suite.run, sections.pop("run", {}), "run")
+    check_settings(run, "run")
     data = sections.pop("data", {})
     apply_overrides(DataPaths(), data, "data")  # validates the keys
     for section, pairs in sections.items():
@@ -110,7 +128,31 @@ def resolve_suite(name: str, overrides: list[str], only: str | None) -> Suite:
             raise KeyError(f"unknown override section '{section}'; valid: run, data, "
                            + ", ".join(benchmarks))
         benchmarks[section] = apply_overrides(benchmarks[section], pairs, section)
+    for section, cfg in benchmarks.items():
+        check_settings(cfg, section)
     return dataclasses.replace(suite, benchmarks=benchmarks, run=run), data  # type: ignore[return-value]
+
+
+def recorded(out: str, sha: str, name: str, spec: Suite, want: dict[str, Any],
+             backend: str | None, backbone: str, problems: list[str]) -> list[dict[str, Any]]:
+    """The ``ok`` records of this benchmark made with the settings ``want`` (identity), on
+    this backbone (and detection backend); [] when there are none or a record of their
+    group is torn, missing or not ok (then the benchmark is measured again)."""
+    found = find_records(out, problems, checkpoint_sha256=sha, benchmark=name,
+                         protocol=spec.protocol, suite=spec.name, status="ok")
+    same = []
+    for r in found:
+        config = r.get("config") or {}
+        if (identity(config.get("benchmark"), config.get("run")) == want
+                and r.get("backbone") == backbone
+                and (not backend or (r.get("extra") or {}).get("backend") == backend)):
+            same.append(r)
+    for r in same:
+        for rid in r.get("group") or []:
+            member = read_record(out, rid)
+            if member is None or member.get("status") != "ok":
+                return []
+    return same
 
 
 def _run_one(ctx: Context, name: str, cfg: Any) -> tuple[list[Metric], str, str | None]:
@@ -158,15 +200,23 @@ def main(checkpoint: str, suite: str = "mini", data_root: str | None = None,
     sha = file_sha256(checkpoint)
     cache = FeatureCache(spec.run.cache_dir or None)
     git = git_sha()
-    records = []
+    report = meta.get("key_report") or {}
+    partial = bool(report.get("missing") or report.get("unexpected")
+                   or report.get("shape_mismatch"))
+    counts = {k: (len(v) if isinstance(v, list) else v) for k, v in report.items()
+              if k in ("matched", "missing", "unexpected", "dropped_head")} or None
+    default = SUITES[spec.name]()
+    records, problems = [], []
     for name, cfg in spec.benchmarks.items():
         backend = record_backend(cfg, meta)
-        done = [] if force else find_records(out, checkpoint_sha256=sha, benchmark=name,
-                                             protocol=spec.protocol, suite=spec.name, status="ok")
-        if backend:
-            done = [r for r in done if (r.get("extra") or {}).get("backend") == backend]
+        want = identity(as_dict(cfg), as_dict(spec.run))
+        base = default.benchmarks.get(name, cfg)
+        var = variant(want, identity(as_dict(base), as_dict(default.run)))
+        done = [] if force else recorded(out, sha, name, spec, want, backend, meta["backbone"],
+                                         problems)
         if done:
-            print(f"{name}: already recorded ({len(done)} records); --force to redo")
+            print(f"{name}: already recorded with these settings ({len(done)} records); "
+                  "--force to redo")
             records += done
             continue
         ctx = Context(model, meta, sha, spec.run, paths, cache)
@@ -177,21 +227,26 @@ def main(checkpoint: str, suite: str = "mini", data_root: str | None = None,
             metrics = [Metric(primary_metric(name, cfg), float("nan"),
                               {"backend": backend} if backend and status == "failed" else {})]
         elif backend:
-            _drop_backendless_attempt(out, sha, name, primary_metric(name, cfg), spec)
+            _drop_backendless_attempt(out, sha, name, primary_metric(name, cfg), spec, var)
         config = {"suite": spec.name, "benchmark": as_dict(cfg), "run": as_dict(spec.run),
                   "data_root": str(Path(root).expanduser()), "data": as_dict(paths),
                   "checkpoint_format": meta["format"], "backbone_kwargs": meta["backbone_kwargs"],
                   "train_git_sha": meta.get("git_sha"), "mini_fingerprint": mini_fp}
-        for m in metrics:
-            rec = make_record(
-                checkpoint=str(checkpoint), meta=meta, checkpoint_sha256=sha, benchmark=name,
-                protocol=spec.protocol, suite=spec.name, metric=m.name,
-                value=m.value if status == "ok" else None, extra=m.extra, status=status,
-                reason=reason, config=config, dataset_fingerprint=dict(ctx.fingerprints),
-                git=git, wall_time_s=wall)
+        group = [make_record(
+            checkpoint=str(checkpoint), meta=meta, checkpoint_sha256=sha, benchmark=name,
+            protocol=spec.protocol, suite=spec.name, metric=m.name,
+            value=m.value if status == "ok" else None, extra=m.extra, status=status,
+            reason=reason, config=config, dataset_fingerprint=dict(ctx.fingerprints),
+            git=git, wall_time_s=wall, variant=var, partial_load=partial, key_report=counts)
+            for m in metrics]
+        for rec in group:
+            rec["group"] = [r["id"] for r in group]
             write_record(out, rec)
             records.append(rec)
-        print(f"{name}: {status} in {wall:.1f}s" + (f" ({reason[:200]})" if reason else ""))
+        print(f"{name}: {status} in {wall:.1f}s" + (f" ({reason[:200]})" if reason else "")
+              + (f" [{var}]" if var else "") + (" [partial load]" if partial else ""))
+    for line in sorted(set(problems)):
+        print(f"note: {line}; not counted as recorded")
     _print_summary(records)
     return records
 

@@ -24,7 +24,8 @@ from eval.run_all import main, resolve_suite
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = ["id", "checkpoint", "checkpoint_sha256", "method", "backbone", "run_dir", "config_hash",
           "seed", "epochs", "benchmark", "protocol", "suite", "metric", "value", "extra", "status",
-          "reason", "config", "dataset_fingerprint", "git_sha", "date", "wall_time_s"]
+          "reason", "variant", "partial_load", "key_report", "group", "config",
+          "dataset_fingerprint", "git_sha", "date", "wall_time_s"]
 MINI_BENCHMARKS = ["imagenet_linear", "imagenet_semi_1pct", "imagenet_semi_10pct", "knn",
                    "places205_linear", "inat18_linear", "voc07_svm", "voc07_lowshot",
                    "voc07+12_det", "coco_det", "coco_seg"]

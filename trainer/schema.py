@@ -7,7 +7,8 @@ without importing this module:
 - ``choices``: a tuple of allowed values, or a zero-argument callable returning them
   (a registry's names, read when the check runs);
 - ``ge`` / ``gt`` / ``le`` / ``lt``: bounds of a number (``each``: of every element of a
-  tuple; ``ordered``: a ``(low, high)`` pair must have ``low <= high``);
+  tuple; ``nonempty``: a tuple needs at least one element; ``ordered``: a ``(low, high)``
+  pair must have ``low <= high``);
 - ``check``: a callable that raises ``ValueError`` (its message says what is allowed);
 - ``identity``: ``False`` for a setting that does not change what a run computes (a
   path to the same data, logging cadence); see :func:`trainer.config.config_hash`.
@@ -101,10 +102,10 @@ def check_value(value: Any, meta: dict[str, Any], key: str) -> None:
     if choices is not None and value not in choices:
         raise ConfigError(f"{key}={value!r} is not allowed; expected one of "
                           f"{', '.join(str(c) for c in choices)}")
+    if meta.get("nonempty") and isinstance(value, (list, tuple)) and not value:
+        raise ConfigError(f"{key}=[] is not allowed; expected at least one value")
     if _bounds(meta):
         items = list(value) if meta.get("each") and isinstance(value, (list, tuple)) else [value]
-        if meta.get("each") and isinstance(value, (list, tuple)) and not value:
-            raise ConfigError(f"{key}={list(value)!r} is not allowed; expected at least one value")
         for x in items:
             if not _in_bounds(x, meta):
                 shown = list(value) if isinstance(value, tuple) else value
