@@ -16,6 +16,10 @@ from results.records import Record
 
 MISSING = "—"
 NO_RECORD = "no record"
+PARTIAL = "‡"  # a value from a partial checkpoint load (--allow-partial)
+PARTIAL_NOTE = (f"{PARTIAL}: at least one value of the cell comes from a partial checkpoint "
+                "load (eval --allow-partial: backbone keys missing or unknown); see the "
+                "provenance.")
 MEASURED, REPORTED = "measured", "reported"
 
 
@@ -31,6 +35,7 @@ class Column:
         metric: Records' ``metric``.
         k: Records' ``extra["k"]`` (must be equal, None included).
         backend: Records' ``extra["backend"]`` (must be equal, None included).
+        variant: Records' ``variant`` (must be equal; None = the suite's own settings).
         protocol: Records' ``protocol``; None accepts any (tables split by protocol first).
         digits: Decimals shown.
         higher_is_better: Bold the maximum (True), the minimum (False) or nothing (None).
@@ -46,11 +51,13 @@ class Column:
     protocol: str | None = None
     digits: int = 1
     higher_is_better: bool | None = True
+    variant: str | None = None
 
     def matches(self, r: Record) -> bool:
         """Whether record ``r`` belongs in this column."""
         return (bool(self.benchmark) and r.benchmark == self.benchmark
                 and r.metric == self.metric and r.k == self.k and r.backend == self.backend
+                and r.variant == self.variant
                 and (self.protocol is None or r.protocol == self.protocol))
 
     @property
@@ -68,12 +75,13 @@ class Obs:
     seed: int | None = None
     reason: str | None = None  # why value is None
     superseded: tuple[str, ...] = ()  # duplicate record ids this one won over
+    partial: bool = False  # from a partial checkpoint load
 
     @classmethod
     def of(cls, r: Record, superseded: Iterable[str] = ()) -> Obs:
         """The observation of a record."""
         return cls(r.value if r.ok else None, r.id, r.seed,
-                   None if r.ok else r.why_missing(), tuple(superseded))
+                   None if r.ok else r.why_missing(), tuple(superseded), r.partial_load)
 
 
 @dataclass
@@ -115,6 +123,11 @@ class Cell:
         return self.mean is None
 
     @property
+    def partial(self) -> bool:
+        """Whether a value of the cell comes from a partial checkpoint load."""
+        return any(o.partial for o in self.obs if o.value is not None)
+
+    @property
     def reason(self) -> str | None:
         """Why the cell is missing (distinct reasons of its records joined), else None."""
         if not self.missing:
@@ -129,7 +142,7 @@ class Cell:
         if self.reported is not None:
             return f"{self.reported:.{digits}f}{self.note}"
         std = f" ± {self.std:.{digits}f}" if self.std is not None else ""
-        return f"{self.mean:.{digits}f}{std} ({self.n})"
+        return f"{self.mean:.{digits}f}{std} ({self.n}){PARTIAL if self.partial else ''}"
 
     def provenance(self, digits: int = 1) -> dict[str, Any]:
         """The provenance entry: record ids, values, seeds, reason, superseded ids."""
@@ -147,6 +160,9 @@ class Cell:
         superseded = [s for o in self.obs for s in o.superseded]
         if superseded:
             out["superseded"] = superseded
+        partial = [o.source for o in self.obs if o.partial and o.value is not None]
+        if partial:
+            out["partial_load"] = partial
         if self.missing:
             out["reason"] = self.reason
         return out
@@ -288,5 +304,6 @@ def provenance(table: Table) -> dict[str, Any]:
     return {"table": table.name, "title": table.title, "protocol": table.protocol,
             "columns": [{"key": c.key, "title": c.title, "benchmark": c.benchmark,
                          "metric": c.metric, "k": c.k, "backend": c.backend,
-                         "protocol": c.protocol} for c in table.columns],
+                         "protocol": c.protocol, "variant": c.variant}
+                        for c in table.columns],
             "rows": rows, "duplicates": table.duplicates, "notes": table.notes}

@@ -16,7 +16,7 @@ from results.aggregate import MEASURED, REPORTED, Cell, Column, Table
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
         "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
         "^": r"\textasciicircum{}", "±": r"$\pm$", "—": "---", "–": "--",
-        "†": r"$^\dagger$", "…": r"\ldots{}", "×": r"$\times$", "μ": r"$\mu$",
+        "†": r"$^\dagger$", "‡": r"$^\ddagger$", "…": r"\ldots{}", "×": r"$\times$", "μ": r"$\mu$",
         "λ": r"$\lambda$", "ν": r"$\nu$", "≥": r"$\geq$", "≤": r"$\leq$", "→": r"$\to$",
         "∈": r"$\in$"}
 

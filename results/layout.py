@@ -6,7 +6,8 @@ Four families, each rendered once per protocol (a column never mixes protocols):
 - ``transfer``: Places205, VOC07, iNat18, VOC07+12 AP50, COCO det AP, COCO seg AP
   (Table 2), one detection column per backend (a column never mixes backends);
 - ``knn_lowshot``: kNN accuracies and the VOC07 low-shot mAP for each k;
-- ``other``: every record no other family shows (e.g. extra detection metrics).
+- ``other``: every record no other family shows (e.g. extra detection metrics, and records
+  made with settings other than their suite's: one column per ``variant``).
 """
 
 from __future__ import annotations
@@ -97,14 +98,18 @@ def knn_lowshot_columns(records: list[Record]) -> list[Column]:
 
 
 def other_columns(records: list[Record]) -> list[Column]:
-    """One column per (benchmark, metric, k, backend) among ``records``."""
-    keys = {(r.benchmark, r.metric, r.k, r.backend) for r in records}
+    """One column per (benchmark, metric, k, backend, variant) among ``records``; a record
+    made with other settings than its suite's (``variant``) is its own column, labelled
+    with those settings."""
+    keys = {(r.benchmark, r.metric, r.k, r.backend, r.variant) for r in records}
     cols = []
-    for bench, metric, k, backend in sorted(keys, key=lambda t: (t[0], split_k(t[1], t[2]),
-                                                                  _k_sort(t[2]), t[1], t[3] or "")):
-        key = "/".join(str(p) for p in (bench, metric, k, backend) if p is not None)
-        cols.append(Column(key, column_label(metric, k, backend), bench, bench, metric, k=k,
-                           backend=backend))
+    for bench, metric, k, backend, var in sorted(
+            keys, key=lambda t: (t[0], split_k(t[1], t[2]), _k_sort(t[2]), t[1], t[3] or "",
+                                 t[4] or "")):
+        key = "/".join(str(p) for p in (bench, metric, k, backend, var) if p is not None)
+        label = column_label(metric, k, backend) + (f" [{var}]" if var else "")
+        cols.append(Column(key, label, bench, bench, metric, k=k, backend=backend,
+                           variant=var))
     return cols
 
 

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 
 from results.plot_compare import comparison_figure, heatmap_figure, lowshot_figure, new_figure
 from results.records import DEFAULT_RECORDS, load_records, resolve_duplicates
-from results.runs import DEFAULT_RUNS, Run, Sweep, find_runs, find_sweeps
+from results.runs import DEFAULT_RUNS, MANIFEST, Run, Sweep, find_runs, find_sweeps
 from results.sweep_table import sweep_table
 from results.tables import method_tables
 
@@ -179,12 +179,17 @@ def main(runs: str | Path = DEFAULT_RUNS, records: str | Path = DEFAULT_RECORDS,
          out: str | Path = DEFAULT_OUT) -> int:
     """Render every figure into ``out``; prints what it wrote."""
     out, runs_root, written = Path(out), Path(runs), []
-    for run in find_runs(runs_root):
+    problems: list[str] = []
+    for run in find_runs(runs_root, problems):
         stem = _stem(str(run.path.relative_to(runs_root)).replace("/", "__"))
         written += save_figure(run_figure(run), out / "curves", stem)
-    kept, _ = resolve_duplicates(load_records(records))
+    kept, _ = resolve_duplicates(load_records(records, problems))
     for sweep in find_sweeps(runs_root):
+        problems += [f"sweep {sweep.name}: {line}" for line in sweep.left_out
+                     if MANIFEST in line]  # its runs' own problems are listed above
         if len(sweep.runs) < 2:
+            problems.append(f"sweep {sweep.name} ({sweep.path}): no sweep figures: "
+                            f"{len(sweep.runs)} readable run(s), they compare two or more")
             continue
         written += save_figure(sweep_figure(sweep), out, f"sweep_{_stem(sweep.name)}_curves")
         table = sweep_table(sweep, kept)
@@ -198,6 +203,8 @@ def main(runs: str | Path = DEFAULT_RUNS, records: str | Path = DEFAULT_RECORDS,
                 written += save_figure(fig, out, f"{kind}_{table.name}")
     for path in written:
         print(f"wrote {path}")
+    for line in sorted(set(problems)):
+        print(f"note: left out: {line}", file=sys.stderr)
     if not written:
         print(f"no runs under {runs} and no records under {records}: nothing to plot")
     return 0

@@ -4,8 +4,10 @@ One record is one number (or one skipped/failed attempt at it) written by the ev
 battery as ``results/records/<id>.json``. This module reads them, never torch.
 
 Two records are duplicates when they measure the same cell: the same checkpoint
-(``checkpoint_sha256``), benchmark, protocol and metric, and the same ``k`` and
-detection ``backend`` in ``extra`` (a low-shot ``k`` is its own cell). Duplicates are
+(``checkpoint_sha256``), benchmark, protocol and metric, the same ``k`` and
+detection ``backend`` in ``extra`` (a low-shot ``k`` is its own cell), and the same
+``variant`` (settings that differ from the suite's, e.g. ``temperature=0.5``: a record
+made with them is its own column, never pooled with the suite's). Duplicates are
 resolved in favour of an ``ok`` record over a skipped/failed one, then of the newest
 ``date``; the others are reported, never silently dropped.
 """
@@ -48,6 +50,8 @@ class Record:
     run_dir: str | None = None
     config_hash: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    variant: str | None = None  # settings that differ from the suite's ("" / None: none)
+    partial_load: bool = False  # weights loaded with --allow-partial
     path: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -66,7 +70,8 @@ class Record:
             date=str(d.get("date") or ""), checkpoint=str(d.get("checkpoint") or ""),
             checkpoint_sha256=str(d.get("checkpoint_sha256") or ""),
             run_dir=d.get("run_dir"), config_hash=str(d.get("config_hash") or ""),
-            extra=dict(extra), path=str(path), raw=d)
+            extra=dict(extra), variant=str(d["variant"]) if d.get("variant") else None,
+            partial_load=d.get("partial_load") is True, path=str(path), raw=d)
 
     @property
     def ok(self) -> bool:
@@ -99,7 +104,7 @@ class Record:
         """What makes two records duplicates (see the module docstring)."""
         ckpt = self.checkpoint_sha256 or self.checkpoint or f"id:{self.id}"
         return (ckpt, self.benchmark, self.protocol, self.metric, _hashable(self.k),
-                self.backend)
+                self.backend, self.variant)
 
     def why_missing(self) -> str:
         """A one-line reason for a record without a value, e.g. ``skipped: ...``."""
@@ -128,6 +133,7 @@ class Duplicate:
         return {"checkpoint_sha256": k.checkpoint_sha256, "benchmark": k.benchmark,
                 "protocol": k.protocol, "metric": k.metric,
                 "extra": {key: k.extra[key] for key in IDENTITY_EXTRA if key in k.extra},
+                **({"variant": k.variant} if k.variant else {}),
                 "kept": k.id, "kept_date": k.date,
                 "dropped": [r.id for r in self.dropped],
                 "dropped_dates": [r.date for r in self.dropped]}

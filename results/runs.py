@@ -19,7 +19,9 @@ import yaml
 
 DEFAULT_RUNS = Path("runs")
 MANIFEST = "sweep.json"
-# Config keys that never make two runs different experiments.
+# Config keys that never make two runs different experiments: the seed, and the trainer's
+# bookkeeping settings (``trainer.config.unhashed_keys``; a run's config.yaml also lists
+# them under ``identity_excludes``, which :meth:`Sweep.varying` ignores as well).
 IGNORED_KEYS = ("run_dir", "train.seed", "train.progress", "train.tensorboard", "train.device",
                 "train.max_steps", "train.log_every_steps", "train.ckpt_every_steps",
                 "data.root")
@@ -127,18 +129,31 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def load_run(path: Path, label: str = "") -> Run | None:
+def load_run(path: Path, label: str = "", problems: list[str] | None = None) -> Run | None:
     """The pretraining run in ``path``, or None when ``path`` holds none.
 
     A run's ``config.yaml`` is the trainer's: provenance keys and the resolved ``config:``
     mapping. Other tools' ``config.yaml`` (a detection fine-tuning folder under
     ``runs/detection`` holds Detectron2's) are not runs.
+
+    Args:
+        problems: If given, one line is appended when ``path`` looks like a run whose
+            ``config.yaml`` cannot be read (malformed YAML, unreadable, or the trainer's
+            provenance without its ``config:``), so callers can say what they left out.
     """
+    where = Path(path) / "config.yaml"
     try:
-        meta = yaml.safe_load((Path(path) / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
+        meta = yaml.safe_load(where.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        if problems is not None:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            problems.append(f"{where}: unreadable ({first})")
         return None
     if not (isinstance(meta, dict) and isinstance(meta.get("config"), dict)):
+        if problems is not None and isinstance(meta, dict) and "config_hash" in meta:
+            problems.append(f"{where}: the trainer's file without its 'config:' mapping")
         return None
     return Run(Path(path), meta, label)
 
@@ -151,11 +166,14 @@ class Sweep:
     path: Path
     runs: list[Run]
     manifest: dict[str, Any] = field(default_factory=dict)
+    left_out: list[str] = field(default_factory=list)  # "<file>: <why>" per run not read
 
     def varying(self, max_keys: int | None = None) -> list[str]:
         """Config keys whose values differ between runs (seed and bookkeeping ignored)."""
         flats = [r.flat for r in self.runs]
-        keys = sorted({k for f in flats for k in f if k not in IGNORED_KEYS})
+        ignored = set(IGNORED_KEYS) | {str(k) for r in self.runs
+                                       for k in r.meta.get("identity_excludes") or []}
+        keys = sorted({k for f in flats for k in f if k not in ignored})
         out = [k for k in keys if len({_key(f.get(k, _ABSENT)) for f in flats}) > 1]
         return out if max_keys is None else out[:max_keys]
 
@@ -194,53 +212,71 @@ def _manifest_entries(manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any
     return []
 
 
-def _manifest_runs(folder: Path, manifest: dict[str, Any]) -> list[Run]:
+def _manifest_runs(folder: Path, manifest: dict[str, Any], problems: list[str]) -> list[Run]:
     runs = []
     for key, entry in _manifest_entries(manifest):
         where = [folder / key]
         if entry.get("run_dir"):
             where += [Path(entry["run_dir"]), folder / Path(str(entry["run_dir"])).name]
         path = next((p for p in where if (p / "config.yaml").exists()), None)
-        run = load_run(path, str(entry.get("label") or "")) if path else None
+        run = load_run(path, str(entry.get("label") or ""), problems) if path else None
         if run is not None:
             runs.append(run)
     return runs
 
 
 def load_sweep(folder: Path) -> Sweep:
-    """The sweep in ``folder``: the manifest's runs, or every sub-folder with a config."""
+    """The sweep in ``folder``: the manifest's runs, or every sub-folder with a config.
+
+    Runs whose ``config.yaml`` cannot be read, and a ``sweep.json`` that cannot be read,
+    are named in ``Sweep.left_out``.
+    """
     folder = Path(folder)
     manifest: dict[str, Any] = {}
+    left_out: list[str] = []
     if (folder / MANIFEST).exists():
         try:
             loaded = json.loads((folder / MANIFEST).read_text())
             manifest = loaded if isinstance(loaded, dict) else {}
-        except (OSError, ValueError):
-            manifest = {}
-    runs = _manifest_runs(folder, manifest) if manifest else []
+        except (OSError, ValueError) as e:
+            left_out.append(f"{folder / MANIFEST}: unreadable ({e}); runs found by folder, "
+                            "without their labels")
+    runs = _manifest_runs(folder, manifest, left_out) if manifest else []
     if not runs:
         runs = [r for p in sorted(folder.iterdir()) if p.is_dir()
-                for r in [load_run(p)] if r is not None]
-    return Sweep(str(manifest.get("name") or folder.name), folder, runs, manifest)
+                for r in [load_run(p, problems=left_out)] if r is not None]
+    return Sweep(str(manifest.get("name") or folder.name), folder, runs, manifest,
+                 sorted(set(left_out)))
+
+
+def _damaged(folder: Path) -> bool:
+    """Whether ``folder`` is a run whose config.yaml cannot be read."""
+    found: list[str] = []
+    return load_run(folder, problems=found) is None and bool(found)
 
 
 def find_sweeps(root: str | Path = DEFAULT_RUNS) -> list[Sweep]:
-    """Every sweep under ``root`` (``root`` itself included), by path."""
+    """Every sweep under ``root`` (``root`` itself included), by path; a sweep whose runs
+    could all not be read is kept (``runs`` empty, ``left_out`` saying why)."""
     root = Path(root)
     if not root.is_dir():
         return []
     folders = {m.parent for m in root.rglob(MANIFEST)}
     for d in [root, *(p for p in root.iterdir() if p.is_dir())]:
-        if d not in folders and load_run(d) is None and any(
-                load_run(c) is not None for c in d.iterdir() if c.is_dir()):
+        if d not in folders and load_run(d) is None and not _damaged(d) and any(
+                load_run(c) is not None or _damaged(c) for c in d.iterdir() if c.is_dir()):
             folders.add(d)
-    return [s for s in (load_sweep(f) for f in sorted(folders)) if s.runs]
+    return [s for s in (load_sweep(f) for f in sorted(folders)) if s.runs or s.left_out]
 
 
-def find_runs(root: str | Path = DEFAULT_RUNS) -> list[Run]:
-    """Every run folder (a folder with ``config.yaml``) under ``root``, by path."""
+def find_runs(root: str | Path = DEFAULT_RUNS, problems: list[str] | None = None) -> list[Run]:
+    """Every run folder (a folder with ``config.yaml``) under ``root``, by path.
+
+    Args:
+        problems: If given, one line per run folder whose ``config.yaml`` cannot be read.
+    """
     root = Path(root)
     if not root.is_dir():
         return []
     paths = sorted({p.parent for p in root.rglob("config.yaml")})
-    return [r for p in paths for r in [load_run(p)] if r is not None]
+    return [r for p in paths for r in [load_run(p, problems=problems)] if r is not None]

@@ -56,15 +56,17 @@ def linked_records(run: Run, records: list[Record]) -> list[Record]:
 
 
 def record_columns(records: list[Record]) -> list[Column]:
-    """One column per (protocol, benchmark, metric, k, backend); grouped by benchmark."""
-    keys = sorted({(r.benchmark, r.protocol, r.metric, str(r.k), r.backend or "", r.k)
-                   for r in records}, key=lambda t: t[:5])
+    """One column per (protocol, benchmark, metric, k, backend, variant); grouped by
+    benchmark."""
+    keys = sorted({(r.benchmark, r.protocol, r.metric, str(r.k), r.backend or "",
+                    r.variant or "", r.k) for r in records}, key=lambda t: t[:6])
     cols = []
-    for bench, protocol, metric, _, backend, k in keys:
-        label = column_label(metric, k, backend or None)
-        key = "/".join(str(p) for p in (protocol, bench, metric, k, backend) if p not in (None, ""))
+    for bench, protocol, metric, _, backend, var, k in keys:
+        label = column_label(metric, k, backend or None) + (f" [{var}]" if var else "")
+        key = "/".join(str(p) for p in (protocol, bench, metric, k, backend, var)
+                       if p not in (None, ""))
         cols.append(Column(key, label, f"{bench} ({protocol})", bench, metric, k=k,
-                           backend=backend or None, protocol=protocol))
+                           backend=backend or None, protocol=protocol, variant=var or None))
     return cols
 
 
@@ -99,8 +101,9 @@ def _training_obs(run: Run) -> dict[str, Obs]:
 
 def sweep_table(sweep: Sweep, records: list[Record],
                 superseded: dict[str, list[str]] | None = None) -> Table | None:
-    """The sweep's table, or None when it has fewer than two runs or nothing to show."""
-    if len(sweep.runs) < 2:
+    """The sweep's table, or None when it has nothing to show or fewer than two runs and
+    none left out (with runs left out it is kept, and its notes say which and why)."""
+    if not sweep.runs or (len(sweep.runs) < 2 and not sweep.left_out):
         return None
     superseded = superseded or {}
     varying = sweep.varying()
@@ -135,6 +138,7 @@ def _notes(sweep: Sweep, varying: list[str], by_hp: bool, records: list[Record])
     notes = [f"Sweep {sweep.name} ({sweep.path}): {len(sweep.runs)} runs; seeds "
              f"{', '.join(map(str, seeds)) or 'unknown'}; varying: {', '.join(varying) or 'none'}"
              + ("" if by_hp else " (rows labelled by run name)") + "."]
+    notes += [f"Left out: {line}." for line in sweep.left_out]
     if not sweep.manifest:
         notes.append("No sweep.json: the runs are the sub-folders; varying keys are inferred "
                      "by diffing their configs.")

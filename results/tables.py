@@ -19,7 +19,15 @@ import json
 import sys
 from pathlib import Path
 
-from results.aggregate import Table, mark_best, mark_missing, measured_rows, mixed_rows, provenance
+from results.aggregate import (
+    PARTIAL_NOTE,
+    Table,
+    mark_best,
+    mark_missing,
+    measured_rows,
+    mixed_rows,
+    provenance,
+)
 from results.latex import latex, latex_notes
 from results.layout import FAMILIES, OTHER, Family
 from results.markdown import markdown, to_csv
@@ -90,21 +98,31 @@ def method_tables(records: list[Record], duplicates: list[Duplicate],
 
 
 def finalize(table: Table) -> Table:
-    """Bold the best per column and letter the reasons of missing values."""
+    """Bold the best per column, letter the reasons of missing values, note partial loads."""
     mark_best(table)
     table.notes += mark_missing(table)
+    if any(c.partial for row in table.rows for c in row.cells.values()):
+        table.notes.append(PARTIAL_NOTE)
     return table
 
 
 def build_tables(records_dir: str | Path = DEFAULT_RECORDS, runs_dir: str | Path = DEFAULT_RUNS,
                  reported: bool = False) -> tuple[list[Table], list[Duplicate], list[str]]:
-    """Every table, the duplicates resolved on the way and non-record JSON files met."""
+    """Every table, the duplicates resolved on the way, and one line per thing left out:
+    a JSON file that is not a readable record, a run whose config.yaml cannot be read, a
+    sweep that gets no table (and why)."""
     problems: list[str] = []
     records, duplicates = resolve_duplicates(load_records(records_dir, problems))
     tables = method_tables(records, duplicates, reported)
     superseded = _superseded(duplicates)
     for sweep in find_sweeps(runs_dir):
+        problems += [f"sweep {sweep.name}: left out {line}" for line in sweep.left_out]
         table = sweep_table(sweep, records, superseded)
+        if table is None:
+            why = ("no run could be read" if not sweep.runs else
+                   "a single run (a sweep table compares two or more; its records are in "
+                   "the method tables)" if len(sweep.runs) == 1 else "nothing to show")
+            problems.append(f"sweep {sweep.name} ({sweep.path}): no sweep table: {why}")
         if table is not None:
             ids = {o.source for row in table.rows for c in row.cells.values() for o in c.obs}
             table.duplicates = [d.as_dict() for d in duplicates if d.kept.id in ids]
@@ -133,9 +151,8 @@ def main(records: str | Path = DEFAULT_RECORDS, runs: str | Path = DEFAULT_RUNS,
     tables, duplicates, problems = build_tables(records, runs, reported)
     for d in duplicates:
         print(f"warning: {d.describe()}", file=sys.stderr)
-    if problems:
-        print(f"note: {len(problems)} JSON file(s) under {records} are not result records "
-              f"(first: {problems[0]})", file=sys.stderr)
+    for line in problems:
+        print(f"note: left out: {line}", file=sys.stderr)
     if not tables:
         print(f"no records under {records} and no sweeps under {runs}: nothing to tabulate")
         return 0
