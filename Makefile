@@ -7,7 +7,7 @@ SUITE   ?= mini
 CKPT    ?=
 ARGS    ?=
 
-.PHONY: data setup test test-fast demo demo-all train sweep eval tables bench lint clean
+.PHONY: data setup test test-fast demo demo-all train sweep eval tables bench lint clean clean-runs
 
 setup: $(STAMP)
 
@@ -82,5 +82,13 @@ bench: setup
 lint: setup
 	$(PY) -m ruff check .
 
+# Only what can be rebuilt: caches and generated tables/plots. Run folders (runs/) and eval
+# records (results/records/) are results: `make clean-runs CONFIRM=1` removes them on purpose.
+GENERATED := results/tables results/plots results/demo results/demo-all
 clean:
-	rm -rf runs results/demo results/records .pytest_cache
+	rm -rf $(GENERATED) .pytest_cache .ruff_cache
+	find . -path ./.venv -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
+
+clean-runs:
+	@if [ "$(CONFIRM)" != 1 ]; then 	  echo "clean-runs deletes every run folder (runs/) and eval record (results/records/):"; 	  du -sh runs results/records 2>/dev/null || echo "  (neither exists)"; 	  echo "run 'make clean-runs CONFIRM=1' to delete them"; exit 2; fi
+	rm -rf runs results/records
