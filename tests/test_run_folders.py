@@ -198,3 +198,19 @@ def test__an_unreadable_config_yaml_beside_weights_is_rewritten_when_the_hash_ag
     (run / "config.yaml").write_text("config: [unclosed\n")
     with pytest.raises(RunFolderError, match=r"config.yaml is unreadable: .*not valid YAML"):
         train(load_config(overrides=overrides(fmnist_root, run, "optim.base_lr=0.5")))
+
+
+def test__a_precision_that_resolves_alike_is_the_same_experiment(fmnist_root: Path,
+                                                                 tmp_path: Path) -> None:
+    """precision=auto resolved to fp32 here; an explicit fp32 resumes it, bf16 is refused."""
+    run = tmp_path / "r"
+    train(load_config(overrides=overrides(fmnist_root, run, "train.max_steps=2")))
+    assert saved(run)["precision"] == "fp32"
+    with pytest.raises(RunFolderError, match=r"train.precision: 'auto' -> 'bf16'"):
+        train(load_config(overrides=overrides(fmnist_root, run, "train.max_steps=4",
+                                              "train.precision=bf16")))
+    train(load_config(overrides=overrides(fmnist_root, run, "train.max_steps=4",
+                                          "train.precision=fp32")))
+    body = saved(run)
+    assert body["sessions"][-1]["changed"]["train.precision"] == ["auto", "fp32"]
+    assert torch.load(run / "checkpoint.pth", weights_only=True)["step"] == 4

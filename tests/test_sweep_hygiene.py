@@ -130,9 +130,9 @@ def test__array_parallelism_counts_jobs_left_by_an_earlier_launcher(
 
     def end_orphan() -> None:
         time.sleep(3)
+        ended.append(time.monotonic())  # from here on the launcher may see it gone
         orphan.kill()
         orphan.wait()
-        ended.append(time.monotonic())
 
     started: list[float] = []
     submit = launch._submit_local

@@ -41,7 +41,11 @@ CONFIG, CHECKPOINT, BACKBONE, METRICS = "config.yaml", "checkpoint.pth", "backbo
     "metrics.jsonl"
 # Resolved values in config.yaml that change what the weights are: a folder whose weights
 # were made with other values holds another experiment (e.g. data.root at other data).
-RESOLVED = ("steps_per_epoch", "total_steps", "precision")
+RESOLVED = ("train_images", "steps_per_epoch", "total_steps", "precision")
+# Settings whose resolved value config.yaml records: two values that resolved alike on the
+# machines that ran them are the same experiment (precision=auto that resolved to fp32 and
+# an explicit precision=fp32).
+RESOLVED_FROM = {"train.precision": "precision"}
 
 
 class RunFolderError(RuntimeError):
@@ -134,6 +138,9 @@ def enter(run_dir: Path, cfg: RunConfig, resolved: dict[str, Any],
     describes = body is not None and saved is not None and str(body.get("config_hash")) == weights
     if describes:
         exp, book = identity_diff(saved, cfg)  # type: ignore[arg-type]
+        for key, res in RESOLVED_FROM.items():
+            if key in exp and body.get(res) is not None and body.get(res) == resolved.get(res):
+                book[key] = exp.pop(key)
         if exp:
             raise RunFolderError(
                 f"{run_dir} holds weights of a different config ({_diff_text(exp)}); use "
