@@ -76,8 +76,10 @@ RULES: dict[str, dict[str, Any]] = {
 }
 # Settings that do not change a benchmark's value (left out of a record's identity).
 RUN_IDENTITY = ("seed", "mean", "std")  # of RunSettings; the rest is how, not what
+# ``backend``: the backend a detection run resolved to is the record's ``extra["backend"]``,
+# already part of its id and compared on reuse (``auto`` and the backend it picks are alike).
 NOT_IDENTITY = frozenset({"output_dir", "reuse", "cpu_threads", "voc_root", "coco_root",
-                          "eval_every"})
+                          "eval_every", "backend"})
 # Settings that choose which records a benchmark writes, each record keeping its own value
 # (``extra["k"]``): part of what a run must match to be reused, not of a record's variant.
 PER_RECORD = frozenset({"ks"})

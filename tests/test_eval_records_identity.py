@@ -147,3 +147,23 @@ def test__an_unreadable_run_config_beside_the_checkpoint_is_named(checkpoint: Pa
     err = capsys.readouterr().err
     assert f"{run / 'config.yaml'}: the run's config.yaml beside the checkpoint is unreadable" \
         in err
+
+
+def test__identity_leaves_out_what_does_not_change_the_value() -> None:
+    """Paths, threads, the device and the detection backend *setting* (the resolved backend
+    is the record's own) are not a variant; a temperature or a seed is."""
+    from eval.config import as_dict, identity, variant
+
+    suite = SUITES["paper"]()
+
+    def var(*items: str) -> dict[str, str]:
+        spec, _ = resolve_suite("paper", list(items), None)
+        return {n: variant(identity(as_dict(c), as_dict(spec.run)),
+                           identity(as_dict(suite.benchmarks[n]), as_dict(suite.run)))
+                for n, c in spec.benchmarks.items()}
+
+    assert set(var("device=cpu", "threads=2", "num_workers=1", "cache_dir=",
+                   "coco_det.backend=torchvision", "voc07+12_det.output_dir=/tmp/x",
+                   "knn.ks=10").values()) == {""}
+    got = var("knn.temperature=0.5", "seed=3")
+    assert got["knn"] == "temperature=0.5 run.seed=3" and got["voc07_svm"] == "run.seed=3"
