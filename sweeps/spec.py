@@ -41,10 +41,10 @@ from trainer.config import (
     ConfigError,
     RunConfig,
     default_run_dir,
-    existing_run_dir,
     parse_overrides,
     resolve,
 )
+from trainer.rundir import existing_run_dir
 
 SPEC_DIR = Path(__file__).resolve().parent / "specs"
 TOP_KEYS = ("name", "description", "base", "method_overrides", "runs", "grid", "seeds",

@@ -17,10 +17,10 @@ from trainer.config import (
     default_run_dir,
     load_config,
     preflight,
-    run_dir_of,
     save_config,
     unhashed_keys,
 )
+from trainer.rundir import run_dir_of
 from trainer.train import main as train_main
 
 # (overrides joined by ";", what the one-line error must say) — the cases among them.

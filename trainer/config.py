@@ -461,35 +461,6 @@ def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
     return Path(root) / name
 
 
-def run_dir_of(cfg: RunConfig, root: str | Path = "runs") -> Path:
-    """``cfg.run_dir``, else the folder under ``root`` that already holds this experiment
-    (same :func:`config_hash` from its ``config.yaml``: a folder named under an earlier
-    hash formula, or with other bookkeeping settings), else :func:`default_run_dir`."""
-    if cfg.run_dir:
-        return Path(cfg.run_dir)
-    return existing_run_dir(cfg, root) or default_run_dir(cfg, root)
-
-
-def existing_run_dir(cfg: RunConfig, root: str | Path) -> Path | None:
-    """The folder under ``root`` whose ``config.yaml`` is this experiment, or None.
-
-    Only folders named like this run (``<method>-<backbone>-s<seed>-*``) are read; the
-    default folder name wins when it exists.
-    """
-    default = default_run_dir(cfg, root)
-    if (default / "config.yaml").exists() or not Path(root).is_dir():
-        return None
-    want = config_hash(cfg)
-    prefix = default.name[: -8]
-    for path in sorted(Path(root).glob(f"{prefix}*/config.yaml")):
-        try:
-            if config_hash(load_saved_config(path)) == want:
-                return path.parent
-        except ConfigError:
-            continue
-    return None
-
-
 def save_config(cfg: RunConfig, path: Path, extra: dict[str, Any]) -> None:
     """Write the resolved config plus provenance (git SHA, hash) as YAML, atomically."""
     from trainer.io import atomic_write_text

@@ -28,7 +28,9 @@ from trainer.config import (
     ConfigError,
     RunConfig,
     config_hash,
+    default_run_dir,
     identity_diff,
+    load_saved_config,
     read_saved,
     resolve,
     save_config,
@@ -60,6 +62,35 @@ def _diff_text(diff: dict[str, tuple[Any, Any]], limit: int = 6) -> str:
     items = [f"{k}: {_show(a)} -> {_show(b)}" for k, (a, b) in diff.items()]
     more = f", ... (+{len(items) - limit})" if len(items) > limit else ""
     return ", ".join(items[:limit]) + more
+
+
+def run_dir_of(cfg: RunConfig, root: str | Path = "runs") -> Path:
+    """``cfg.run_dir``, else the folder under ``root`` that already holds this experiment
+    (same :func:`config_hash` from its ``config.yaml``: a folder named under an earlier
+    hash formula, or with other bookkeeping settings), else :func:`default_run_dir`."""
+    if cfg.run_dir:
+        return Path(cfg.run_dir)
+    return existing_run_dir(cfg, root) or default_run_dir(cfg, root)
+
+
+def existing_run_dir(cfg: RunConfig, root: str | Path) -> Path | None:
+    """The folder under ``root`` whose ``config.yaml`` is this experiment, or None.
+
+    Only folders named like this run (``<method>-<backbone>-s<seed>-*``) are read; the
+    default folder name wins when it exists.
+    """
+    default = default_run_dir(cfg, root)
+    if (default / "config.yaml").exists() or not Path(root).is_dir():
+        return None
+    want = config_hash(cfg)
+    prefix = default.name[: -8]
+    for path in sorted(Path(root).glob(f"{prefix}*/config.yaml")):
+        try:
+            if config_hash(load_saved_config(path)) == want:
+                return path.parent
+        except ConfigError:
+            continue
+    return None
 
 
 def read_checkpoint(run_dir: Path, map_location: Any = "cpu") -> dict[str, Any] | None:

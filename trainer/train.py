@@ -13,8 +13,9 @@ import sys
 
 import yaml
 
-from trainer.config import ConfigError, config_hash, load_config, preflight, run_dir_of
+from trainer.config import ConfigError, config_hash, load_config, preflight
 from trainer.io import DamagedFileError, FolderLockedError
+from trainer.rundir import RunFolderError, run_dir_of
 
 
 def main(config: list[str], overrides: list[str], dry_run: bool = False) -> int:
@@ -31,7 +32,6 @@ def main(config: list[str], overrides: list[str], dry_run: bool = False) -> int:
                               "config": cfg.to_dict()}, sort_keys=False))
         return 0
     from trainer.loop import NonFiniteLossError, train  # heavy imports only when training
-    from trainer.rundir import RunFolderError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
