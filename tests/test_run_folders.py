@@ -214,3 +214,38 @@ def test__a_precision_that_resolves_alike_is_the_same_experiment(fmnist_root: Pa
     body = saved(run)
     assert body["sessions"][-1]["changed"]["train.precision"] == ["auto", "fp32"]
     assert torch.load(run / "checkpoint.pth", weights_only=True)["step"] == 4
+
+
+def _ddp_train(rank: int, world: int, args: list[str], out: str) -> None:
+    """One DDP rank: train, and write what happened to ``<out>.<rank>``."""
+    try:
+        train(load_config(overrides=args))
+        result = {"pid": os.getpid(), "ok": True}
+    except RunFolderError as e:
+        result = {"pid": os.getpid(), "ok": False, "error": str(e)}
+    Path(f"{out}.{rank}").write_text(json.dumps(result))
+
+
+@pytest.mark.ddp
+def test__under_ddp_rank_0_holds_the_folder_and_a_refusal_stops_every_rank(
+        fmnist_root: Path, tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    root = Path(__file__).resolve().parent.parent
+
+    def ddp(*extra: str) -> list[dict]:
+        args = overrides(fmnist_root, run, "train.max_steps=4", *extra)
+        code = ("import sys, json; from tests.ddp_utils import run_ddp; "
+                "from tests.test_run_folders import _ddp_train; "
+                "run_ddp(_ddp_train, 2, json.loads(sys.argv[1]), sys.argv[2])")
+        subprocess.run([sys.executable, "-c", code, json.dumps(args), str(tmp_path / "out")],
+                       cwd=root, check=True, timeout=300)  # a rank left waiting fails here
+        return [json.loads((tmp_path / f"out.{r}").read_text()) for r in (0, 1)]
+
+    first = ddp()
+    assert all(r["ok"] for r in first)
+    assert saved(run)["world_size"] == 2
+    assert json.loads((run / ".lock").read_text())["pid"] == first[0]["pid"]
+    refused = ddp("optim.base_lr=0.5")
+    assert not refused[0]["ok"] and "different config (optim.base_lr: 0.2 -> 0.5" in \
+        refused[0]["error"]
+    assert not refused[1]["ok"] and "rank 0 could not enter" in refused[1]["error"]

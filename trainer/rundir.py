@@ -19,6 +19,7 @@ trainer stops with a message naming the holder.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from pathlib import Path
@@ -85,12 +86,19 @@ def existing_run_dir(cfg: RunConfig, root: str | Path) -> Path | None:
     want = config_hash(cfg)
     prefix = default.name[: -8]
     for path in sorted(Path(root).glob(f"{prefix}*/config.yaml")):
-        try:
-            if config_hash(load_saved_config(path)) == want:
-                return path.parent
-        except ConfigError:
-            continue
+        if _saved_hash(str(path), path.stat().st_mtime_ns) == want:
+            return path.parent
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _saved_hash(path: str, mtime_ns: int) -> str | None:
+    """The current config hash of a saved config.yaml (None if unreadable); cached while
+    the file is unchanged, so planning a large sweep reads each file once."""
+    try:
+        return config_hash(load_saved_config(Path(path)))
+    except ConfigError:
+        return None
 
 
 def read_checkpoint(run_dir: Path, map_location: Any = "cpu") -> dict[str, Any] | None:
