@@ -1,31 +1,40 @@
 """Readers for the transfer benchmarks' on-disk layouts (eval-protocols §2–§5).
 
-Each reader returns a :class:`FileSet` (absolute image paths, labels, class names, a
-fingerprint) and raises :class:`DatasetError`, whose message names the expected layout,
-when the folder is missing or malformed. Images are decoded later (``eval/images.py``).
+Each reader returns a :class:`FileSet` (image paths, labels, class names, a fingerprint)
+and raises :class:`DatasetError`, whose message names the expected layout, when the folder
+is missing or malformed. The ImageNet / ImageFolder / SimCLR-subset readers, ``FileSet``
+and ``DatasetError`` live in ``dataroom.readers`` (one reader per layout for the whole
+project, pretraining included) and are re-exported here; Places205, VOC07 and iNat18 are
+built on the same primitives. Images are decoded later (``eval/images.py``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+from dataroom.index import IMAGE_EXTENSIONS
+from dataroom.readers import (
+    IMAGENET_LAYOUT,
+    SUBSET_LAYOUT,
+    DatasetError,
+    FileSet,
+    image_folder,
+    imagenet,
+    imagenet_subset,
+    make_fileset,
+    require_dir,
+)
 
-IMAGENET_LAYOUT = (
-    "ImageNet-1k: <root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG (val also in "
-    "class sub-folders; label = index of the wnid in sorted order)"
-)
-SUBSET_LAYOUT = (
-    "SimCLR subset list (google-research/simclr imagenet_subsets/{1,10}percent.txt): one "
-    "'<wnid>_<n>.JPEG' per line, found at <root>/train/<wnid>/<name>"
-)
+__all__ = [
+    "IMAGENET_LAYOUT", "IMAGE_EXTENSIONS", "INAT_LAYOUT", "PLACES_LAYOUT", "SUBSET_LAYOUT",
+    "VOC_LAYOUT", "DatasetError", "FileSet", "image_folder", "imagenet", "imagenet_subset",
+    "inat18", "places205", "read_voc_annotation", "voc07",
+]
+
 PLACES_LAYOUT = (
     "Places205, one of: (a) VISSL disk_filelist <root>/<split>_images.npy + "
     "<root>/<split>_labels.npy; (b) the original lists <root>/trainvalsplit_places205/"
@@ -42,128 +51,6 @@ INAT_LAYOUT = (
     "images[{id, file_name}], annotations[{image_id, category_id}], categories[{id, name}]) "
     "with images at <root>/<file_name> (train_val2018/<supercategory>/<category>/<name>.jpg)"
 )
-
-
-class DatasetError(FileNotFoundError):
-    """A benchmark's data is missing or does not follow the expected layout."""
-
-
-@dataclass
-class FileSet:
-    """The images of one split.
-
-    Attributes:
-        name: Dataset name (``"imagenet"``, ``"voc07"`` …).
-        split: Split name as on disk.
-        paths: Absolute image paths.
-        labels: ``(N,)`` int64 class indices, or ``(N, K)`` int8 in {1, 0, -1} (VOC).
-        classes: Class names; index = label.
-        fingerprint: SHA-1 of the names, paths (relative to ``root``) and labels.
-        root: The dataset folder.
-    """
-
-    name: str
-    split: str
-    paths: list[str]
-    labels: np.ndarray
-    classes: list[str]
-    fingerprint: str
-    root: str
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def subset(self, idx: np.ndarray, split: str) -> FileSet:
-        """The rows ``idx`` as a new split (fingerprinted again)."""
-        paths = [self.paths[i] for i in idx]
-        return _make(self.name, split, paths, self.labels[idx], self.classes, Path(self.root))
-
-
-def _fingerprint(name: str, split: str, paths: list[str], labels: np.ndarray, root: Path) -> str:
-    h = hashlib.sha1(f"{name}|{split}|{len(paths)}|".encode())
-    prefix = str(root) + os.sep
-    h.update("\n".join(p.removeprefix(prefix) for p in paths).encode())
-    h.update(np.ascontiguousarray(labels).tobytes())
-    return h.hexdigest()
-
-
-def _make(name: str, split: str, paths: list[str], labels: np.ndarray, classes: list[str],
-          root: Path) -> FileSet:
-    if not paths:
-        raise DatasetError(f"{name}/{split}: no images found under {root}")
-    return FileSet(name, split, paths, labels, classes,
-                   _fingerprint(name, split, paths, labels, root), str(root))
-
-
-def _require_dir(path: Path, layout: str) -> None:
-    if not path.is_dir():
-        raise DatasetError(f"{path} does not exist or is not a folder. Expected {layout}")
-
-
-def _class_dirs(split_dir: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
-
-
-def _images_in(folder: Path) -> list[str]:
-    return sorted(e.path for e in os.scandir(folder)
-                  if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
-
-
-def image_folder(root: str | Path, split: str, name: str = "imagenet",
-                 layout: str = IMAGENET_LAYOUT, classes_from: str = "train") -> FileSet:
-    """An ImageFolder split; labels index the sorted class folders of ``classes_from``."""
-    root = Path(root).expanduser().resolve()
-    split_dir, ref_dir = root / split, root / classes_from
-    _require_dir(split_dir, layout)
-    classes = _class_dirs(ref_dir if ref_dir.is_dir() else split_dir)
-    index = {c: i for i, c in enumerate(classes)}
-    paths, labels = [], []
-    for cls in _class_dirs(split_dir):
-        if cls not in index:
-            raise DatasetError(f"{split_dir / cls}: class folder absent from {ref_dir}. "
-                               f"Expected {layout}")
-        files = _images_in(split_dir / cls)
-        paths += files
-        labels += [index[cls]] * len(files)
-    if not classes:
-        raise DatasetError(f"{split_dir}: no class folders. Expected {layout}")
-    return _make(name, split, paths, np.asarray(labels, dtype=np.int64), classes, root)
-
-
-def imagenet(root: str | Path, split: str) -> FileSet:
-    """ImageNet-1k ``train`` or ``val`` in ImageFolder layout (torchvision ``ImageFolder``)."""
-    return image_folder(root, split)
-
-
-def imagenet_subset(root: str | Path, list_file: str | Path, split: str) -> FileSet:
-    """A SimCLR 1 % / 10 % subset of ImageNet train, labelled by the full train's classes.
-
-    Args:
-        root: The ImageNet folder (with ``train/``).
-        list_file: ``1percent.txt`` or ``10percent.txt``.
-        split: Name to give the subset (e.g. ``"train_1pct"``).
-    """
-    root = Path(root).expanduser().resolve()
-    list_file = Path(list_file).expanduser()
-    _require_dir(root / "train", IMAGENET_LAYOUT)
-    if not list_file.is_file():
-        raise DatasetError(f"{list_file} not found. Expected {SUBSET_LAYOUT}")
-    classes = _class_dirs(root / "train")
-    index = {c: i for i, c in enumerate(classes)}
-    paths, labels, missing = [], [], []
-    for line in list_file.read_text().split():
-        wnid = line.split("_")[0]
-        path = root / "train" / wnid / line
-        if wnid not in index or not path.is_file():
-            missing.append(line)
-            continue
-        paths.append(str(path))
-        labels.append(index[wnid])
-    if missing:
-        raise DatasetError(f"{list_file}: {len(missing)} listed images not found in "
-                           f"{root / 'train'} (e.g. {', '.join(missing[:3])}). "
-                           f"Expected {SUBSET_LAYOUT}")
-    return _make("imagenet", split, paths, np.asarray(labels, dtype=np.int64), classes, root)
 
 
 def _resolve(root: Path, entry: str, bases: tuple[Path, ...] = ()) -> str:
@@ -197,7 +84,7 @@ def _named_classes(rel_paths: list[str], labels: np.ndarray) -> list[str]:
 def places205(root: str | Path, split: str) -> FileSet:
     """Places205 from a VISSL filelist, the original CSV lists, or an ImageFolder."""
     root = Path(root).expanduser().resolve()
-    _require_dir(root, PLACES_LAYOUT)
+    require_dir(root, PLACES_LAYOUT)
     npy_images, npy_labels = root / f"{split}_images.npy", root / f"{split}_labels.npy"
     csv = root / "trainvalsplit_places205" / f"{split}_places205.csv"
     if npy_images.is_file() and npy_labels.is_file():
@@ -226,7 +113,7 @@ def places205(root: str | Path, split: str) -> FileSet:
     if len(labels) and labels.min() < 0:
         raise DatasetError(f"{root}/{split}: negative label. Expected {PLACES_LAYOUT}")
     classes = _named_classes([str(Path(p)) for p in rel], labels)
-    return _make("places205", split, paths, labels, classes, root)
+    return make_fileset("places205", split, paths, labels, classes, root)
 
 
 def _read_voc_set(path: Path) -> dict[str, int]:
@@ -251,7 +138,7 @@ def voc07(root: str | Path, split: str) -> FileSet:
     if (root / "VOCdevkit" / "VOC2007").is_dir():
         root = root / "VOCdevkit" / "VOC2007"
     main = root / "ImageSets" / "Main"
-    _require_dir(main, VOC_LAYOUT)
+    require_dir(main, VOC_LAYOUT)
     suffix = f"_{split}.txt"
     files = sorted(p for p in main.iterdir() if p.name.endswith(suffix) and p.name != suffix[1:])
     if not files:
@@ -266,7 +153,8 @@ def voc07(root: str | Path, split: str) -> FileSet:
     remap = {1: 1, -1: 0, 0: -1}
     labels = np.array([[remap[t[i]] for t in per_class] for i in ids], dtype=np.int8)
     paths = [str(root / "JPEGImages" / f"{i}.jpg") for i in ids]
-    return _make("voc07", split, paths, labels.reshape(len(ids), len(classes)), classes, root)
+    return make_fileset("voc07", split, paths, labels.reshape(len(ids), len(classes)), classes,
+                        root)
 
 
 def read_voc_annotation(path: str | Path) -> dict:
@@ -318,4 +206,5 @@ def inat18(root: str | Path, split: str) -> FileSet:
                            f"Expected {INAT_LAYOUT}") from None
     if len(label_of) != len(annotations):
         raise DatasetError(f"{path}: some images have several annotations. Expected {INAT_LAYOUT}")
-    return _make("inat18", split, paths, labels, [str(c.get("name", c["id"])) for c in cats], root)
+    names = [str(c.get("name", c["id"])) for c in cats]
+    return make_fileset("inat18", split, paths, labels, names, root)

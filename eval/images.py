@@ -1,8 +1,9 @@
 """Decoding image files into uint8 batches, skipping corrupt files with a count.
 
-Transforms run on PIL images in the loader workers and return uint8 ``(3, crop, crop)``;
-normalisation happens on the device (``eval.features.normalize_images``), so one loader
-serves every backbone.
+Files are decoded by ``dataroom.decode.load_rgb`` (by content, any mode to RGB: the one
+decoder of the project). Transforms run on PIL images in the loader workers and return
+uint8 ``(3, crop, crop)``; normalisation happens on the device
+(``eval.features.normalize_images``), so one loader serves every backbone.
 """
 
 from __future__ import annotations
@@ -13,15 +14,18 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms import functional as TF
 
+from dataroom.decode import DECODE_ERRORS, DecodeError, load_rgb
+from dataroom.paths import PathTable
+
 log = logging.getLogger("sslbench.eval")
-DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError,
-                 Image.DecompressionBombError)
+__all__ = ["DECODE_ERRORS", "EvalTransform", "ImageFiles", "TrainTransform", "iterate_images",
+           "warn_corrupt"]
 
 
 @dataclass(frozen=True)
@@ -89,17 +93,19 @@ class ImageFiles(Dataset):
 
     def __init__(self, paths: Sequence[str], transform: Callable[[Image.Image], Tensor],
                  crop: int) -> None:
-        self.paths, self.transform, self.crop = list(paths), transform, crop
+        # A PathTable stays one numpy buffer (no per-worker copy-on-access of str objects).
+        self.paths = paths if isinstance(paths, PathTable) else list(paths)
+        self.transform, self.crop = transform, crop
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int, bool]:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # PIL's EXIF/truncation chatter
-                with Image.open(self.paths[i]) as img:
-                    img = img.convert("RGB")
+            img = load_rgb(self.paths[i])
+        except DecodeError:
+            return torch.zeros(3, self.crop, self.crop, dtype=torch.uint8), i, False
+        try:
             return self.transform(img), i, True
         except DECODE_ERRORS:
             return torch.zeros(3, self.crop, self.crop, dtype=torch.uint8), i, False

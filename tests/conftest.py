@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,18 @@ import pytest
 
 from tests.slurm_fixtures import slurm_cluster  # noqa: F401  (session fixture)
 from trainer.datasets import write_idx
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _index_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """File indexes of test trees go to a temporary folder, not ~/.cache (shared machine)."""
+    before = os.environ.get("SSLBENCH_INDEX_CACHE")
+    os.environ["SSLBENCH_INDEX_CACHE"] = str(tmp_path_factory.mktemp("index-cache"))
+    yield
+    if before is None:
+        os.environ.pop("SSLBENCH_INDEX_CACHE", None)
+    else:
+        os.environ["SSLBENCH_INDEX_CACHE"] = before
 
 
 def make_fashion_like(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

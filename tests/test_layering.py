@@ -1,6 +1,7 @@
 """Layering rules, checked by an AST scan of the imports and names.
 
 - backbones ← methods ← trainer; backbones ← eval; trainer/eval ← sweeps.
+- dataroom (image layouts, decoding, the loader) sits below trainer and eval.
 - The trainer loop never names a registered method, backbone or dataset.
 - eval/ never imports methods/; results/ never imports torch or any of our compute
   packages; trainer/ and eval/ never import submitit.
@@ -31,10 +32,12 @@ def imports_of(package: str) -> dict[Path, set[str]]:
 
 FORBIDDEN = {
     "backbones": {"methods", "trainer", "eval", "sweeps", "results", "submitit"},
+    "dataroom": {"backbones", "methods", "trainer", "eval", "sweeps", "results", "submitit"},
     "methods": {"trainer", "eval", "sweeps", "results", "submitit"},
     "trainer": {"eval", "sweeps", "results", "submitit"},
     "eval": {"methods", "sweeps", "results", "submitit"},
-    "results": {"torch", "torchvision", "backbones", "methods", "trainer", "eval", "sweeps"},
+    "results": {"torch", "torchvision", "backbones", "methods", "trainer", "eval", "sweeps",
+                "dataroom"},
 }
 
 

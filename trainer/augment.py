@@ -19,7 +19,6 @@ NOTE: deviations from the official PIL pipelines, shared by every recipe:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.registry import Registry
+from dataroom.geometry import ATTEMPTS, rrc_boxes
 from trainer.config import AugConfig, ViewAugConfig
 
 RECIPES: Registry[Callable[[int], tuple[ViewAugConfig, ...]]] = Registry("augmentation recipe")
@@ -220,24 +220,15 @@ def sample_crop_boxes(
 ) -> Tensor:  # fmt: skip
     """torchvision's RandomResizedCrop boxes, its 10 attempts vectorised.
 
+    The uniforms come from ``gen`` (area, aspect, then position); the arithmetic is
+    ``dataroom.geometry.rrc_boxes``, shared with the image-folder loader.
+
     Returns int64 (num, 4) top, left, height, width; the centre crop where all attempts fail.
     """
-    area = _uniform(scale[0], scale[1], (num, 10), gen) * (height * width)
-    aspect = torch.exp(_uniform(math.log(ratio[0]), math.log(ratio[1]), (num, 10), gen))
-    w = torch.round(torch.sqrt(area * aspect))
-    h = torch.round(torch.sqrt(area / aspect))
-    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = ok.to(torch.uint8).argmax(1, keepdim=True)  # first successful attempt
-    # torchvision's three fallback cases (too tall, too wide, in range) in one expression.
-    fallback_w = min(width, round(height * max(ratio)))
-    fallback_h = min(height, round(fallback_w / min(ratio)))
-    found = ok.any(1)
-    w = torch.where(found, w.gather(1, first).squeeze(1), float(fallback_w))
-    h = torch.where(found, h.gather(1, first).squeeze(1), float(fallback_h))
+    u_area = torch.rand((num, ATTEMPTS), generator=gen, dtype=torch.float64)
+    u_aspect = torch.rand((num, ATTEMPTS), generator=gen, dtype=torch.float64)
     position = torch.rand((num, 2), generator=gen, dtype=torch.float64)
-    top = torch.where(found, torch.floor(position[:, 0] * (height - h + 1)), (height - h) // 2)
-    left = torch.where(found, torch.floor(position[:, 1] * (width - w + 1)), (width - w) // 2)
-    return torch.stack([top, left, h, w], 1).long()
+    return rrc_boxes(u_area, u_aspect, position, height, width, scale, ratio)
 
 
 def sample_view_params(
@@ -330,10 +321,49 @@ class MultiViewAugment(nn.Module):
             for view, p in zip(self.views, params)
         ]
 
+    def colour(
+        self, views: Sequence[Tensor], seed: int, global_batch: int | None = None,
+        offset: int = 0,
+    ) -> list[Tensor]:  # fmt: skip
+        """Colour, grayscale, blur, solarize and normalise views already cropped and flipped.
+
+        For loaders that cut each view's crop+flip themselves (``dataroom``): view ``v`` of
+        ``views`` gets the per-sample jitter/grayscale/blur/solarize draws that ``forward``
+        gives it for the same ``seed`` (the crop draws are made and unused, so the two
+        paths draw the same colour parameters).
+
+        Args:
+            views: One uint8 (B, C, S, S) tensor per view, C = 1 or 3, S = that view's crop.
+            seed: As in ``forward``.
+            global_batch: Rows over all processes; defaults to B.
+            offset: This process's first row in the global batch.
+
+        Returns:
+            One normalised float32 (B, 3, S, S) tensor per view, on the views' device.
+        """
+        if len(views) != len(self.views):
+            raise ValueError(f"expected {len(self.views)} views, got {len(views)}")
+        for v, cfg in zip(views, self.views):
+            if v.dtype != torch.uint8 or v.dim() != 4 or v.shape[-2:] != (cfg.crop_size,) * 2:
+                raise ValueError(f"expected uint8 (B, C, {cfg.crop_size}, {cfg.crop_size}), got "
+                                 f"{v.dtype} {tuple(v.shape)}")
+        batch, global_batch = views[0].shape[0], global_batch or views[0].shape[0]
+        if not 0 <= offset <= global_batch - batch:
+            raise ValueError(f"rows {offset}:{offset + batch} exceed global batch {global_batch}")
+        size = self.views[0].crop_size
+        params = self.sample_params(seed, global_batch, size, size)
+        return [
+            self._colour(_to_rgb(v.float() / 255), cfg, p.rows(offset, offset + batch))
+            for v, cfg, p in zip(views, self.views, params)
+        ]
+
     def _view(self, images: Tensor, view: ViewAugConfig, p: ViewParams) -> Tensor:
-        device, size = images.device, view.crop_size
         # Crop before replicating grey to RGB: 3× less interpolation work.
-        x = _to_rgb(resized_crop(images, p.boxes, p.flip, size, view.interpolation))
+        x = _to_rgb(resized_crop(images, p.boxes, p.flip, view.crop_size, view.interpolation))
+        return self._colour(x, view, p)
+
+    def _colour(self, x: Tensor, view: ViewAugConfig, p: ViewParams) -> Tensor:
+        device, size = x.device, view.crop_size
         # Which samples each op touches is known on the CPU: index lists, one transfer.
         active = [s > 0 for s in (view.brightness, view.contrast, view.saturation, view.hue)]
         groups = [
