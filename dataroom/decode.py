@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import warnings
 from collections.abc import Sequence
 
@@ -32,6 +33,12 @@ DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFEr
                  Image.DecompressionBombError)
 FALLBACK_RGB = (124, 116, 104)  # the ImageNet mean, in uint8 levels: the "mean grey" image
 RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+def _reason(e: BaseException) -> str:
+    """The decoder's message without object addresses (so reasons compare across runs)."""
+    text = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e)).strip()
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 class DecodeError(ValueError):
@@ -66,7 +73,7 @@ def open_image(data: bytes, path: str = "<bytes>") -> Image.Image:
             warnings.simplefilter("ignore")
             return Image.open(io.BytesIO(data))
     except DECODE_ERRORS as e:
-        raise DecodeError(path, f"not an image ({type(e).__name__}: {e})") from None
+        raise DecodeError(path, f"not an image ({_reason(e)})") from None
 
 
 def header(data: bytes, path: str = "<bytes>") -> tuple[int, int, str, str]:
@@ -86,7 +93,7 @@ def to_rgb(img: Image.Image, path: str = "<bytes>") -> Image.Image:
             img.load()
             return img if img.mode == "RGB" else img.convert("RGB")
     except DECODE_ERRORS as e:
-        raise DecodeError(path, f"cannot decode ({type(e).__name__}: {e})") from None
+        raise DecodeError(path, f"cannot decode ({_reason(e)})") from None
 
 
 def load_rgb(path: str) -> Image.Image:
