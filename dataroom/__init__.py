@@ -36,7 +36,7 @@ needs saving except the bad-image ledger)::
     ledger = BadImageLedger(loader.images_per_epoch, cfg.data.max_bad_fraction)
     ledger.load_state_dict(ckpt.get("bad_images", {}))  # on resume
     for batch in loader:                                # batch.step == step, in order
-        batch = batch.to(info.device, non_blocking=True)     # views uint8, channels_last
+        batch = batch.to(info.device, non_blocking=True)     # views uint8 NCHW
         views = run.augment.colour(batch.views, seed=cfg.train.seed * 1_000_000_007 + batch.step,
                                    global_batch=G, offset=info.rank * G // info.world_size)
         ... forward/backward with batch.labels (int64; -1 only for an unlabeled set) ...
@@ -45,7 +45,8 @@ needs saving except the bad-image ledger)::
         ledger.check(batch.epoch)                        # TooManyBadImages, paths listed
     # checkpoint: {"bad_images": ledger.state_dict(), ...}
 
-``Batch``: ``step``, ``epoch``, ``views`` (one uint8 (B, 3, S, S) per view, channels_last;
+``Batch``: ``step``, ``epoch``, ``views`` (one uint8 (B, 3, S, S) per view, NCHW — call
+``.contiguous(memory_format=torch.channels_last)`` on the device when wanted;
 on ``device`` already with ``decode="gpu"``), ``labels`` int64 (B,), ``indices`` (asked),
 ``sources`` (decoded: a substitute's index, -1 = mean grey), ``bad`` [(path, reason)],
 ``num_bad``. ``MultiViewAugment.colour`` (trainer/augment.py) applies jitter, grayscale,

@@ -81,8 +81,7 @@ class DeviceDecoder:
     def __call__(self, raw: RawBatch) -> Batch:
         ds, dev = self.dataset, self.device
         batch = len(raw.indices)
-        views = [torch.empty((batch, 3, s, s), dtype=torch.uint8, device=dev,
-                             memory_format=torch.channels_last) for s in ds.sizes]
+        views = [torch.empty((batch, 3, s, s), dtype=torch.uint8, device=dev) for s in ds.sizes]
         sources, bad = raw.sources.clone(), list(raw.bad)
         rows = raw.on_device.nonzero().view(-1).tolist()
         offsets = raw.offsets.tolist()
@@ -102,7 +101,7 @@ class DeviceDecoder:
         if cpu_rows:
             idx = torch.tensor(sorted(cpu_rows), dtype=torch.long)
             for v, out in enumerate(views):
-                out[idx.to(dev)] = raw.views[v][idx].permute(0, 3, 1, 2).to(dev)
+                out[idx.to(dev)] = raw.views[v][idx].to(dev)
         labels = torch.from_numpy(
             ds.labels[np.where(sources.numpy() >= 0, sources.numpy(), raw.indices.numpy())])
         return Batch(step=raw.step, epoch=raw.epoch, views=views,

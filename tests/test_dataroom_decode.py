@@ -157,24 +157,28 @@ def test__unreadable_files_raise_decode_error(tmp_path: Path, content: bytes,
 def test__a_truncated_jpeg_opens_but_fails_to_decode() -> None:
     data = _jpeg_bytes(natural_image(64, 80, 2))[:800]
     assert header(data)[:2] == (64, 80)  # the header is intact
-    out = [np.zeros((16, 16, 3), np.uint8)]
+    out = [np.zeros((3, 16, 16), np.uint8)]
     with pytest.raises(DecodeError, match="cannot decode"):
         cut_views(open_image(data), np.array([[0, 0, 64, 80]]), [False], [16], ["bicubic"], out)
 
 
 @pytest.mark.parametrize("interp", ["bicubic", "bilinear"])
-def test__full_decode_views_equal_torchvision_resized_crop_on_pil(interp: str) -> None:
+def test__full_decode_views_match_torchvision_resized_crop_on_pil(interp: str) -> None:
     data = _jpeg_bytes(natural_image(120, 160, 3))
-    boxes = np.array([[10, 20, 90, 70], [0, 0, 120, 160], [50, 60, 20, 30]])
-    flips = [False, True, False]
-    outs = [np.empty((32, 32, 3), np.uint8) for _ in boxes]
-    assert cut_views(open_image(data), boxes, flips, [32] * 3, [interp] * 3, outs) == 1
+    boxes = np.array([[10, 20, 90, 70], [0, 0, 120, 160], [50, 60, 20, 30], [3, 4, 32, 32]])
+    flips = [False, True, False, True]
+    outs = [np.empty((3, 32, 32), np.uint8) for _ in boxes]
+    assert cut_views(open_image(data), boxes, flips, [32] * 4, [interp] * 4, outs) == 1
     pil = Image.open(io.BytesIO(data)).convert("RGB")
     mode = InterpolationMode.BICUBIC if interp == "bicubic" else InterpolationMode.BILINEAR
+    diffs = []
     for (top, left, h, w), flip, out in zip(boxes, flips, outs):
         ref = TVF.resized_crop(pil, int(top), int(left), int(h), int(w), [32, 32], mode)
-        ref = np.asarray(TVF.hflip(ref) if flip else ref)
-        assert np.array_equal(out, ref)
+        ref = np.asarray(TVF.hflip(ref) if flip else ref).astype(int).transpose(2, 0, 1)
+        diffs.append(np.abs(out.astype(int) - ref))
+    d = np.concatenate([x.ravel() for x in diffs])
+    assert d.max() <= 1 and d.mean() < 0.05  # PIL's filters; rounding differs at most by 1
+    assert diffs[3].max() == 0  # a crop of the output size is copied as is
 
 
 def test__draft_scale_keeps_every_crop_at_least_the_output_size() -> None:
@@ -193,7 +197,7 @@ def test__draft_decoded_views_are_close_to_full_decode_views() -> None:
         boxes, flips = view_geometry(seed, 0, np.arange(n), 0, [600] * n, [800] * n,
                                      (0.3, 1.0), RATIO, 0.5)
         for box, flip in zip(boxes, flips):
-            a, b = np.empty((112, 112, 3), np.uint8), np.empty((112, 112, 3), np.uint8)
+            a, b = np.empty((3, 112, 112), np.uint8), np.empty((3, 112, 112), np.uint8)
             scale = cut_views(open_image(data), box[None], [flip], [112], ["bicubic"], [a])
             cut_views(open_image(data), box[None], [flip], [112], ["bicubic"], [b], draft=False)
             scales.append(scale)
