@@ -63,3 +63,17 @@ def test__images_are_cut_from_photographs_when_given(tmp_path: Path) -> None:
     assert "photographs" in info["source"] and info["count"] == 3
     shapes = {Image.open(p).size for p in (tmp_path / "out" / "train").rglob("*.JPEG")}
     assert shapes <= {(40, 30), (30, 40)}
+
+
+def test__draft_quality_tiny_run(tmp_path: Path) -> None:
+    from benchmarks import draft_quality
+
+    out = tmp_path / "draft.json"
+    threads = torch.get_num_threads()
+    report = draft_quality.main(["--tiny", "--photos", "none", "--out", str(out)])
+    assert json.loads(out.read_text())["schema"] == draft_quality.SCHEMA
+    assert torch.get_num_threads() == threads
+    assert report["views_checked"] == 32 and report["all"]["views"] > 0  # reductions happened
+    assert 0 <= report["all"]["mean"] <= report["all"]["max"]
+    assert sum(v["views"] for v in report["by_room"].values()) == report["all"]["views"]
+    assert set(report["images_per_s_cpu"]) == {"draft", "full"}
