@@ -16,8 +16,10 @@ augmentation (``trainer.augment.MultiViewAugment.colour``); its CPU cost is meas
 separately, per image, and combined into an end-to-end per-core figure.
 
 Every pipeline runs ``rounds`` epochs over the images, interleaved (round r of every
-pipeline before round r + 1 of any), after one untimed warm-up epoch; the rate is the
-median over rounds. With ``--workers 0`` (the default) everything runs in this process on
+pipeline before round r + 1 of any; with workers, one pipeline after the other, so that
+no pipeline's prefetching workers steal another's CPU), after one untimed warm-up epoch,
+each pipeline one long-lived loader (persistent workers); the rate is the median over
+rounds. With ``--workers 0`` (the default) everything runs in this process on
 one thread: images/s is then images/s per core. See benchmarks/README.md.
 """
 # ruff: noqa: E402
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import os
 import platform
@@ -161,28 +164,28 @@ class _TwoCropsUint8:
 # ----------------------------------------------------------------------------- timing
 
 
+# Each pipeline is one long-lived loader (persistent workers), iterated an epoch per round.
+
+
 def _folder_epoch(root: Path, transform: Callable, batch: int, workers: int,
                   seed: int) -> Callable[[int], Iterable]:
     dataset = datasets.ImageFolder(str(root / "train"), transform=transform)
-
-    def epoch(r: int) -> Iterable:
-        g = torch.Generator().manual_seed(seed + r)
-        return DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
-                          generator=g, drop_last=True)
-    return epoch
+    loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
+                        generator=torch.Generator().manual_seed(seed), drop_last=True,
+                        persistent_workers=workers > 0)
+    return lambda r: loader
 
 
-def _ours_epoch(root: Path, size: int, batch: int, workers: int, seed: int,
+def _ours_epoch(root: Path, size: int, batch: int, workers: int, seed: int, rounds: int,
                 decode: str = "cpu", device: str = "cpu") -> Callable[[int], Iterable]:
     files = imagenet(root, "train", cache="off")
     views = [ViewSpec(size), ViewSpec(size)]  # VICReg's two crops: RRC (0.08, 1) bicubic
-
-    def epoch(r: int) -> Iterable:
-        spe = len(files) // batch
-        return PretrainLoader(files, views, seed=seed, global_batch=batch, start_step=r * spe,
-                              stop_step=(r + 1) * spe, num_workers=workers, decode=decode,
-                              device=device)
-    return epoch
+    spe = len(files) // batch
+    loader = PretrainLoader(files, views, seed=seed, global_batch=batch,
+                            stop_step=(rounds + 1) * spe, num_workers=workers, decode=decode,
+                            device=device)
+    batches = iter(loader)
+    return lambda r: itertools.islice(batches, spe)
 
 
 def _run_epoch(make: Callable[[int], Iterable], r: int) -> tuple[int, float, float]:
@@ -223,7 +226,7 @@ def run_benchmark(root: Path, *, size: int = 224, batch: int = 32, workers: int 
     runs the device path's code on libjpeg-turbo, which says nothing about GPU speed).
     """
     makers = {
-        "ours": _ours_epoch(root, size, batch, workers, seed),
+        "ours": _ours_epoch(root, size, batch, workers, seed, rounds),
         "official_vicreg": _folder_epoch(root, OfficialVICRegTransform(size), batch, workers,
                                          seed),
         "pil_decode_only": _folder_epoch(root, _DecodeOnly(), batch, workers, seed),
@@ -238,19 +241,24 @@ def run_benchmark(root: Path, *, size: int = 224, batch: int = 32, workers: int 
     except ImportError:  # the bench extra is not installed
         pass
     if device:
-        makers["ours_device_decode"] = _ours_epoch(root, size, batch, workers, seed, "gpu",
-                                                   device)
+        makers["ours_device_decode"] = _ours_epoch(root, size, batch, workers, seed, rounds,
+                                                   "gpu", device)
     if pipelines:
         makers = {k: v for k, v in makers.items() if k in pipelines}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for make in makers.values():
-            _run_epoch(make, 0)  # warm-up: page cache, worker start, lazy imports
         rows: dict[str, list[tuple[int, float, float]]] = {k: [] for k in makers}
-        for r in range(1, rounds + 1):
+        if workers == 0:  # interleaved: round r of every pipeline before round r + 1
+            for make in makers.values():
+                _run_epoch(make, 0)  # warm-up: page cache, lazy imports
+            for r in range(1, rounds + 1):
+                for name, make in makers.items():
+                    rows[name].append(_run_epoch(make, r))
+        else:  # one pipeline at a time: idle workers' prefetch must not steal another's CPU
             for name, make in makers.items():
-                rows[name].append(_run_epoch(make, r))
+                _run_epoch(make, 0)  # warm-up: worker start
+                rows[name] = [_run_epoch(make, r) for r in range(1, rounds + 1)]
         aug = _augment_cost(size, batch, rounds, seed) if augment else None
     finally:
         torch.set_num_threads(threads)
@@ -305,12 +313,14 @@ def format_table(report: dict[str, Any]) -> str:
              f"({report['machine']['nproc']} cores), workers={s['workers']}, "
              f"{report['images']['count']} JPEGs {report['images']['size_hw']}, "
              f"{s['crop']} px × 2 views", "",
-             "| pipeline | images/s | per core | ours ÷ this |", "|---|---:|---:|---:|"]
+             "| pipeline | images/s | per core | per CPU-second | ours ÷ this |",
+             "|---|---:|---:|---:|---:|"]
     ours = report["results"].get("ours", {}).get("images_per_s_per_core")
     for name, row in report["results"].items():
         ratio = f"{ours / row['images_per_s_per_core']:.2f}" if ours else "—"
+        cpu = f"{row['cpu_images_per_s']:.1f}" if row.get("cpu_images_per_s") else "—"
         lines.append(f"| {name} | {row['images_per_s']:.1f} | "
-                     f"{row['images_per_s_per_core']:.1f} | {ratio} |")
+                     f"{row['images_per_s_per_core']:.1f} | {cpu} | {ratio} |")
     if report.get("augment_colour"):
         lines.append(f"\nMultiViewAugment.colour on CPU (1 thread): "
                      f"{report['augment_colour']['images_per_s']:.1f} images/s (2 views); "

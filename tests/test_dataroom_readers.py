@@ -176,3 +176,14 @@ def test__a_recently_changed_tree_is_not_trusted_and_a_broken_cache_is_rebuilt(
     again = index_mod.index_tree(root, cache=cache)
     assert not again.from_cache and len(again.files) == 1
     assert not index_mod.index_tree(root, cache="off").from_cache
+
+
+def test__symlinked_class_folders_as_imagenet100_scripts_make_them(imagenet_root: Path,
+                                                                   tmp_path: Path) -> None:
+    subset = tmp_path / "imagenet100"
+    (subset / "train").mkdir(parents=True)
+    for wnid in WNIDS[1:]:  # solo-learn's make_imagenet100.py symlinks train/<wnid>
+        (subset / "train" / wnid).symlink_to(imagenet_root / "train" / wnid)
+    fs = readers.imagenet(subset, "train")
+    assert fs.classes == WNIDS[1:] and len(fs) == 6 and fs.labels.tolist() == [0] * 3 + [1] * 3
+    assert all(Path(p).is_file() and str(subset) in p for p in fs.paths)
