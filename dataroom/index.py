@@ -131,7 +131,10 @@ def _save(index: TreeIndex, path: Path) -> None:
                        "scanned_ns": index.scanned_ns}).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # as an ordinary file (mkstemp makes it private)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, files_data=index.files.data, files_starts=index.files.starts,
                      dirs_data=index.dirs.data, dirs_starts=index.dirs.starts,
