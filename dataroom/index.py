@@ -126,15 +126,24 @@ def _walk(root: str, extensions: tuple[str, ...]) -> TreeIndex:
                      np.asarray(mtimes, dtype=np.int64), scanned_ns)
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (Linux), else 0o022."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
 def _save(index: TreeIndex, path: Path) -> None:
     meta = json.dumps({"version": INDEX_VERSION, "root": index.root,
                        "scanned_ns": index.scanned_ns}).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
     try:
-        os.chmod(tmp, 0o666 & ~umask)  # as an ordinary file (mkstemp makes it private)
+        os.chmod(tmp, 0o666 & ~_umask())  # as an ordinary file (mkstemp makes it private)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, files_data=index.files.data, files_starts=index.files.starts,
                      dirs_data=index.dirs.data, dirs_starts=index.dirs.starts,
