@@ -15,6 +15,12 @@ Modules:
     badimages: :class:`BadImageLedger`, the per-epoch count and the stop decision.
     pretrain: ``open_files`` (file sets by name), :class:`PretrainLoader`.
     idx: the IDX (MNIST) reader/writer and the Fashion-MNIST file search.
+    arrays: :class:`ImageArrays` / :class:`RowStack`, datasets stored as pixel arrays
+        (in memory or memory-mapped), read by row.
+    cifar: CIFAR-10/100 python-version batches through a restricted unpickler (``read_cifar``).
+    stl10: STL-10 binary files, ``unlabeled`` memory-mapped (``read_stl10``).
+    imagenet100: the CMC / solo-learn 100-class list (``lists/imagenet100.txt``) over an
+        ImageNet root.
     synthetic: photograph-like images and trees in the exact formats (tests, benchmarks).
 
 The interface the trainer calls (the loop keeps its step counter, schedule and
@@ -56,8 +62,11 @@ parameters as ``MultiViewAugment.forward``.
 
 from __future__ import annotations
 
+from dataroom.arrays import ImageArrays, RowStack
 from dataroom.badimages import BadImageLedger, TooManyBadImages, bad_fraction_error
+from dataroom.cifar import read_cifar
 from dataroom.decode import DECODE_ERRORS, DecodeError, load_rgb
+from dataroom.imagenet100 import IMAGENET100_LIST, imagenet100
 from dataroom.index import IMAGE_EXTENSIONS, index_tree
 from dataroom.loader import Batch, StepBatchSampler, ViewsDataset, ViewSpec, epoch_order
 from dataroom.paths import PathTable
@@ -71,11 +80,13 @@ from dataroom.readers import (
     imagenet_subset,
     unlabeled_folder,
 )
+from dataroom.stl10 import read_stl10
 
 __all__ = [
-    "DECODE_ERRORS", "FOLDER_DATASETS", "IMAGE_EXTENSIONS", "BadImageLedger", "Batch",
-    "DatasetError", "DecodeError", "FileSet", "PathTable", "PretrainLoader",
-    "StepBatchSampler", "TooManyBadImages", "ViewSpec", "ViewsDataset", "bad_fraction_error",
-    "epoch_order", "image_folder", "imagenet", "imagenet_root", "imagenet_subset",
-    "index_tree", "load_rgb", "open_files", "unlabeled_folder",
+    "DECODE_ERRORS", "FOLDER_DATASETS", "IMAGE_EXTENSIONS", "IMAGENET100_LIST",
+    "BadImageLedger", "Batch", "DatasetError", "DecodeError", "FileSet", "ImageArrays",
+    "PathTable", "PretrainLoader", "RowStack", "StepBatchSampler", "TooManyBadImages",
+    "ViewSpec", "ViewsDataset", "bad_fraction_error", "epoch_order", "image_folder",
+    "imagenet", "imagenet100", "imagenet_root", "imagenet_subset", "index_tree", "load_rgb",
+    "open_files", "read_cifar", "read_stl10", "unlabeled_folder",
 ]

@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from dataroom.device import DeviceDecoder
+from dataroom.imagenet100 import imagenet100
 from dataroom.loader import (
     Batch,
     StepBatchSampler,
@@ -34,6 +35,10 @@ def _imagenet(root: str, split: str, class_list: str | None) -> FileSet:
     return imagenet(root, split, class_list=class_list or None)
 
 
+def _imagenet100(root: str, split: str, class_list: str | None) -> FileSet:
+    return imagenet100(root, split, class_list=class_list or None)
+
+
 def _image_folder(root: str, split: str, class_list: str | None) -> FileSet:
     if not root:
         raise DatasetError("image_folder needs a root (data.root): <root>/<split>/<class>/...")
@@ -54,6 +59,7 @@ def _unlabeled(root: str, split: str, class_list: str | None) -> FileSet:
 
 FOLDER_DATASETS: dict[str, Callable[[str, str, str | None], FileSet]] = {
     "imagenet": _imagenet,  # root "" = $SSLBENCH_IMAGENET
+    "imagenet100": _imagenet100,  # the CMC / solo-learn 100 classes of an ImageNet root
     "image_folder": _image_folder,
     "unlabeled_folder": _unlabeled,
 }
@@ -61,7 +67,8 @@ FOLDER_DATASETS: dict[str, Callable[[str, str, str | None], FileSet]] = {
 
 def open_files(name: str, root: str | Path = "", split: str = "train",
                class_list: str | Path | None = None) -> FileSet:
-    """The file set ``name`` (``imagenet``, ``image_folder``, ``unlabeled_folder``).
+    """The file set ``name`` (``imagenet``, ``imagenet100``, ``image_folder``,
+    ``unlabeled_folder``).
 
     Raises:
         DatasetError: Unknown name (the message lists the valid ones), or a missing,
