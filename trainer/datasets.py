@@ -155,3 +155,7 @@ def fashion_mnist(root: str = "", split: str = "train") -> ImageSet:
     return ImageSet(
         images_t, torch.from_numpy(labels).long(), list(FASHION_MNIST_CLASSES), mean, std
     )
+
+
+# The standard SSL benchmarks (CIFAR-10/100, STL-10, ImageNet-100) register themselves.
+from trainer import standard_datasets as _standard  # noqa: E402,F401

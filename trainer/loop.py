@@ -59,7 +59,15 @@ class TrainModule(nn.Module):
         out = self.method(views)
         # detached: the probe never trains the backbone
         logits = self.probe(out.features.detach().to(self.probe.weight.dtype))
-        return out, logits, F.cross_entropy(logits, labels)
+        return out, logits, probe_loss(logits, labels)
+
+
+def probe_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy over the labelled rows; label -1 (an unlabeled image, e.g. STL-10's
+    unlabeled split) counts nowhere, and a batch without labels gives 0, not NaN."""
+    labelled = labels >= 0
+    losses = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")
+    return (losses * labelled).sum() / labelled.sum().clamp_min(1)
 
 
 @dataclass
@@ -310,15 +318,16 @@ class _EpochMeter:
         for k, v in parts.items():
             self.sums[k] = self.sums.get(k, 0) + v.float()
         self.count += 1
-        self.correct += (logits.argmax(1) == y).sum()
-        self.seen += len(y)
+        self.correct += (logits.argmax(1) == y).sum()  # -1 (unlabeled) is never a class
+        self.seen += (y >= 0).sum()
         self.embeddings.append(out.embeddings.float())
         while sum(len(e) for e in self.embeddings[1:]) >= self.diag_samples:
             self.embeddings.pop(0)  # keep the most recent diag_samples rows
 
     def means(self) -> dict[str, float]:
         out = {k: all_reduce_mean(v / self.count).item() for k, v in self.sums.items()}
-        out["probe_train_acc"] = all_reduce_mean(torch.as_tensor(self.correct / self.seen)).item()
+        acc = torch.as_tensor(self.correct / torch.as_tensor(self.seen).clamp_min(1)).float()
+        out["probe_train_acc"] = all_reduce_mean(acc).item()
         return out
 
 
