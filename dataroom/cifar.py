@@ -51,6 +51,12 @@ SPECS: dict[str, tuple[str, dict[str, tuple[str, ...]], str, str, str, int, str]
                  "meta", "fine_labels", "fine_label_names", 100, CIFAR100_LAYOUT),
 }
 ENV = {"cifar10": "SSLBENCH_CIFAR10", "cifar100": "SSLBENCH_CIFAR100"}
+# Per-channel (mean, std) in [0, 1] units: the train-set statistics solo-learn normalises with
+# (solo/data/pretrain_dataloader.py MEANS_N_STD), used by pretraining and the eval suites alike.
+NORMALIZATION = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
 SEARCH = ("datasets/{name}", "~/.cache/sslbench/{name}")  # after $SSLBENCH_<NAME>
 
 # (module, name) -> the object, for every global the official files may name. numpy 2

@@ -31,6 +31,10 @@ STL10_LAYOUT = (
 )
 SPLITS = ("train", "test", "unlabeled", "train+unlabeled")
 ENV = "SSLBENCH_STL10"
+# NOTE: solo-learn normalises STL-10 with (nearly) CIFAR-10's statistics (MEANS_N_STD in
+# solo/data/pretrain_dataloader.py and classification_dataloader.py); we follow it, in
+# pretraining and the eval suite alike.
+NORMALIZATION = ((0.4914, 0.4823, 0.4466), (0.247, 0.243, 0.261))
 SEARCH = ("datasets/stl10", "~/.cache/sslbench/stl10")  # after $SSLBENCH_STL10
 
 

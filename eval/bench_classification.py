@@ -135,7 +135,12 @@ class KNNConfig:
 @BENCHMARKS.register("knn", KNNConfig)
 def knn(ctx: Context, cfg: KNNConfig) -> list[Metric]:
     """ImageNet kNN top-1/top-5 for each k (train as memory, val as queries)."""
-    train, test = ctx.load("imagenet", cfg.train_split), ctx.load("imagenet", cfg.test_split)
+    return knn_on(ctx, cfg, "imagenet")
+
+
+def knn_on(ctx: Context, cfg: KNNConfig, dataset: str) -> list[Metric]:
+    """kNN top-1/top-5 for each k on ``dataset`` (train split as memory, test as queries)."""
+    train, test = ctx.load(dataset, cfg.train_split), ctx.load(dataset, cfg.test_split)
     tf = EvalTransform(cfg.resize, cfg.crop)
     xtr, ytr = ctx.features(train, tf, ("avgpool",))
     xte, yte = ctx.features(test, tf, ("avgpool",))

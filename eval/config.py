@@ -139,6 +139,11 @@ class DataPaths:
     places205: str = "{root}/places205"
     voc07: str = "{root}/VOCdevkit/VOC2007"
     inat18: str = "{root}/inat2018"
+    # pixel-array sets (eval.arrays): also found through the run's data.root or $SSLBENCH_*
+    cifar10: str = "{root}/cifar10"  # holds cifar-10-batches-py/
+    cifar100: str = "{root}/cifar100"  # holds cifar-100-python/
+    stl10: str = "{root}/stl10"  # holds stl10_binary/
+    imagenet100: str = "{imagenet}"  # the ImageNet-1k folder; the 100 classes are read in place
 
     def resolve(self, root: str) -> DataPaths:
         """Fill the templates; returns absolute, user-expanded paths."""

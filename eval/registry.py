@@ -9,6 +9,7 @@ missing, which the runner records as ``skipped``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,10 +18,16 @@ import torch
 from torch import Tensor, nn
 
 from backbones.registry import Registry
+from dataroom.arrays import ImageArrays
+from dataroom.imagenet100 import imagenet100
 from eval import datasets
+from eval.arrays import ARRAY_DATASETS, Split, eval_batches, find_arrays, run_data_root
 from eval.config import DataPaths, RunSettings
-from eval.features import POOLED_TAP, FeatureCache, extract_files, resolve_device
+from eval.features import POOLED_TAP, FeatureCache, extract_batches, extract_files, resolve_device
 from eval.images import EvalTransform
+
+ARRAY_ENV = {"cifar10": "SSLBENCH_CIFAR10", "cifar100": "SSLBENCH_CIFAR100",
+             "stl10": "SSLBENCH_STL10"}
 
 
 @dataclass
@@ -72,10 +79,23 @@ class Context:
         """The resolved compute device."""
         return resolve_device(self.run.device)
 
-    def load(self, dataset: str, split: str) -> datasets.FileSet:
+    def load(self, dataset: str, split: str) -> Split:
         """Read one split with the real reader (``imagenet``, ``places205``, ``voc07``, ``inat18``,
-        or ``imagenet_1pct`` / ``imagenet_10pct`` for the SimCLR subsets)."""
-        if dataset.startswith("imagenet_") and dataset.endswith("pct"):
+        ``imagenet_1pct`` / ``imagenet_10pct`` for the SimCLR subsets, ``imagenet100``), or the
+        pixel arrays of ``cifar10``, ``cifar100``, ``stl10``.
+
+        An array dataset is read from the first folder that holds it: ``data.<dataset>``
+        (default ``<data-root>/<dataset>``), the ``data.root`` of the run that made the
+        checkpoint (when it pretrained on that dataset), ``$SSLBENCH_<DATASET>``.
+        """
+        if dataset in ARRAY_DATASETS:
+            fs: Split = find_arrays(dataset, split, [
+                (f"data.{dataset}", getattr(self.data, dataset)),
+                ("the run's data.root", run_data_root(self.meta, dataset)),
+                (f"${ARRAY_ENV[dataset]}", os.environ.get(ARRAY_ENV[dataset], ""))])
+        elif dataset == "imagenet100":
+            fs = imagenet100(self.data.imagenet100, split)
+        elif dataset.startswith("imagenet_") and dataset.endswith("pct"):
             percent = dataset.removeprefix("imagenet_").removesuffix("pct")
             fs = datasets.imagenet_subset(self.data.imagenet,
                                           f"{self.data.imagenet_subsets}/{percent}percent.txt",
@@ -93,7 +113,7 @@ class Context:
             return tuple(taps)
         return tuple(t for t in taps if t == POOLED_TAP) or (POOLED_TAP,)
 
-    def features(self, fs: datasets.FileSet, transform: EvalTransform,
+    def features(self, fs: Split, transform: EvalTransform,
                  taps: Sequence[str]) -> tuple[dict[str, Tensor], Tensor]:
         """Cached features ``{tap: (M, F)}`` of a split and the labels of the decoded rows."""
         base = {"checkpoint_sha256": self.checkpoint_sha256, "dataset": fs.name,
@@ -107,12 +127,20 @@ class Context:
                 missing.append(tap)
             else:
                 out[tap] = entry
-        if missing:
+        if missing and isinstance(fs, ImageArrays):
+            batches = (x for x, _, _ in eval_batches(fs, transform, batch_size=self.run.batch_size,
+                                                     num_workers=0))
+            feats = extract_batches(self.backbone, batches, mean=self.mean, std=self.std,
+                                    resize=transform.crop, crop=transform.crop, taps=list(taps),
+                                    device=self.run.device)
+            feats["index"] = torch.arange(len(fs))
+        elif missing:
             feats = extract_files(
                 self.backbone, fs.paths, transform, mean=self.mean, std=self.std,
                 taps=[t for t in taps], batch_size=self.run.batch_size,
                 num_workers=self.run.num_workers, device=self.run.device,
                 name=f"{fs.name}/{fs.split}")
+        if missing:
             for tap in (*taps, "index"):
                 self.cache.store({**base, "tap": tap}, feats[tap])
                 out[tap] = feats[tap]

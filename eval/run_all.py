@@ -2,7 +2,8 @@
 
 Usage::
 
-    python eval/run_all.py CKPT [--suite paper|fast|mini] [--data-root DIR] [--only A,B]
+    python eval/run_all.py CKPT [--suite paper|fast|mini|cifar10|cifar100|stl10|imagenet100]
+        [--data-root DIR] [--only A,B]
         [--out DIR] [--backbone NAME] [--allow-partial] [--force] [key=value ...]
 
 (also ``python -m eval.run_all`` / ``python -m eval``). Overrides are ``<benchmark>.<field>``,
@@ -38,7 +39,7 @@ from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 
-from eval import bench_classification, bench_voc  # noqa: E402,F401  (fill BENCHMARKS)
+from eval import bench_classification, bench_standard, bench_voc  # noqa: E402,F401  (fill BENCHMARKS)
 from eval.checkpoint import CheckpointError, file_sha256, load_backbone  # noqa: E402
 from eval.config import (  # noqa: E402
     DataPaths,
@@ -68,7 +69,7 @@ log = logging.getLogger("sslbench.eval")
 
 def primary_metric(name: str, cfg: Any) -> str:
     """The metric a skipped/failed benchmark is recorded under."""
-    if name == "knn":
+    if name == "knn" or name.endswith("_knn"):
         return f"top1_k{cfg.ks[0]}"
     if name == "voc07_lowshot":
         return f"mAP_k{cfg.ks[0]}"

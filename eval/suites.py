@@ -7,13 +7,21 @@
   on cached features).
 - ``mini``: every benchmark of ``paper`` on small Fashion-MNIST-derived datasets written
   in each benchmark's real on-disk format (``eval.mini``), sized for CI on 2 CPU cores.
+- ``cifar10``, ``cifar100``, ``stl10``, ``imagenet100``: kNN and solo-learn's linear
+  evaluation on that dataset's test split (``eval.bench_standard``), protocol ``paper``,
+  normalised as pretraining on it normalises.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
+from dataroom.cifar import NORMALIZATION as CIFAR_NORMALIZATION
+from dataroom.stl10 import NORMALIZATION as STL10_NORMALIZATION
+from eval import bench_standard
 from eval.bench_classification import (
     INAT_PAPER,
     PLACES_PAPER,
@@ -96,4 +104,14 @@ def mini_suite() -> Suite:
         data_root=DEFAULT_MINI_ROOT)
 
 
-SUITES = {"paper": paper_suite, "fast": fast_suite, "mini": mini_suite}
+def standard_suite(dataset: str) -> Suite:
+    """kNN then linear evaluation on ``dataset`` (cifar10, cifar100, stl10, imagenet100)."""
+    linear, knn = bench_standard.defaults(dataset)
+    norm = {**CIFAR_NORMALIZATION, "stl10": STL10_NORMALIZATION}.get(dataset)
+    run = RunSettings(mean=norm[0], std=norm[1]) if norm else RunSettings()  # else ImageNet's
+    return Suite(dataset, "paper", {f"{dataset}_knn": knn, f"{dataset}_linear": linear}, run=run)
+
+
+SUITES: dict[str, Callable[[], Suite]] = {
+    "paper": paper_suite, "fast": fast_suite, "mini": mini_suite,
+    **{d: partial(standard_suite, d) for d, *_ in bench_standard.DATASETS}}

@@ -2,7 +2,8 @@
 augmentation, and full fine-tuning on the SimCLR 1 % / 10 % subsets.
 
 Linear (VICReg/Barlow ``evaluate.py --weights freeze``): the backbone is frozen *and in
-eval mode*; training images get RandomResizedCrop + flip, test images Resize + CenterCrop;
+eval mode*; training images get RandomResizedCrop + flip, test images Resize + CenterCrop
+(a split is image files or pixel arrays, ``eval.arrays``);
 SGD with momentum, cosine per epoch. VISSL's multi-tap variant (Places205, iNat18) adds
 an affine BatchNorm before each head, nesterov SGD and step decay; that is the
 ``head_bn`` / ``schedule="multistep"`` path of the same loop.
@@ -23,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eval.datasets import FileSet
+from eval.arrays import Split, eval_batches, train_batches
 from eval.features import TAP_POOLING, normalize_images
-from eval.images import EvalTransform, TrainTransform, iterate_images, warn_corrupt
+from eval.images import EvalTransform, TrainTransform, warn_corrupt
 from eval.knn import topk_accuracy
 
 log = logging.getLogger("sslbench.eval")
@@ -95,13 +96,13 @@ def _autocast(device: torch.device) -> torch.autocast:
 
 
 @torch.no_grad()
-def _evaluate(predict: nn.Module | object, fs: FileSet, transform: EvalTransform,
+def _evaluate(predict: nn.Module | object, fs: Split, transform: EvalTransform,
               mean: Sequence[float], std: Sequence[float], batch_size: int, num_workers: int,
               device: torch.device) -> dict[str, dict[str, float]]:
     scores: dict[str, list[Tensor]] = {}
     labels, bad = [], 0
-    for x, idx, ok in iterate_images(fs.paths, transform, transform.crop, batch_size=batch_size,
-                                     num_workers=num_workers):
+    for x, idx, ok in eval_batches(fs, transform, batch_size=batch_size,
+                                   num_workers=num_workers):
         bad += int((~ok).sum())
         if not ok.any():
             continue
@@ -115,7 +116,7 @@ def _evaluate(predict: nn.Module | object, fs: FileSet, transform: EvalTransform
             for name, s in scores.items()}
 
 
-def _train(params: list[dict], step_fn: object, train: FileSet, crop: int, sched: Schedule,
+def _train(params: list[dict], step_fn: object, train: Split, crop: int, sched: Schedule,
            mean: Sequence[float], std: Sequence[float], num_workers: int, device: torch.device,
            seed: int, evaluate: object) -> dict[str, dict[str, float]]:
     """The shared loop; returns the final evaluation plus ``best_*`` over evaluated epochs."""
@@ -129,9 +130,8 @@ def _train(params: list[dict], step_fn: object, train: FileSet, crop: int, sched
     for epoch in range(sched.epochs):
         for group, lr in zip(opt.param_groups, base):
             group["lr"] = lr * _lr_factor(sched, epoch)
-        for x, idx, ok in iterate_images(train.paths, TrainTransform(crop), crop,
-                                         batch_size=sched.batch_size, num_workers=num_workers,
-                                         shuffle=True, seed=seed * 1000 + epoch):
+        for x, idx, ok in train_batches(train, TrainTransform(crop), batch_size=sched.batch_size,
+                                        num_workers=num_workers, seed=seed * 1000 + epoch):
             bad += int((~ok).sum()) if epoch == 0 else 0
             if not ok.any():
                 continue
@@ -153,7 +153,7 @@ def _train(params: list[dict], step_fn: object, train: FileSet, crop: int, sched
     return result
 
 
-def linear_augmented(backbone: nn.Module, train: FileSet, test: FileSet, *, taps: Sequence[str],
+def linear_augmented(backbone: nn.Module, train: Split, test: Split, *, taps: Sequence[str],
                      head_bn: bool, sched: Schedule, train_crop: int, test_tf: EvalTransform,
                      mean: Sequence[float], std: Sequence[float], num_workers: int,
                      device: torch.device, seed: int = 0) -> dict[str, dict[str, float]]:
@@ -197,7 +197,7 @@ def linear_augmented(backbone: nn.Module, train: FileSet, test: FileSet, *, taps
                   evaluate)
 
 
-def finetune(backbone: nn.Module, train: FileSet, test: FileSet, *, num_classes: int,
+def finetune(backbone: nn.Module, train: Split, test: Split, *, num_classes: int,
              sched: Schedule, train_crop: int, test_tf: EvalTransform, mean: Sequence[float],
              std: Sequence[float], num_workers: int, device: torch.device,
              seed: int = 0) -> dict[str, float]:

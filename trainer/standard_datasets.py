@@ -24,11 +24,12 @@ import numpy as np
 import torch
 
 from dataroom.arrays import ImageArrays, RowStack
-from dataroom.cifar import read_cifar
+from dataroom.cifar import NORMALIZATION, read_cifar
 from dataroom.imagenet100 import IMAGENET100_LAYOUT
 from dataroom.readers import DatasetError
+from dataroom.stl10 import NORMALIZATION as STL10_NORMALIZATION
 from dataroom.stl10 import read_stl10
-from trainer.datasets import DATASETS, ImageSet, channel_stats
+from trainer.datasets import DATASETS, ImageSet
 
 
 def _images(arrays: ImageArrays) -> torch.Tensor | RowStack:
@@ -41,34 +42,26 @@ def _images(arrays: ImageArrays) -> torch.Tensor | RowStack:
     return stack
 
 
-def _image_set(arrays: ImageArrays, stats_from: ImageArrays) -> ImageSet:
-    images = _images(arrays)
-    source = _images(stats_from)
-    if not isinstance(source, torch.Tensor):
-        source = source.take(np.arange(len(source)))
-    mean, std = channel_stats(source)
-    return ImageSet(images, torch.from_numpy(arrays.labels), list(arrays.classes), mean, std)
-
-
-def _cifar(name: str, root: str, split: str) -> ImageSet:
-    arrays = read_cifar(name, root, split)
-    train = arrays if split == "train" else read_cifar(name, root, "train")
-    return _image_set(arrays, train)
+def _image_set(arrays: ImageArrays, norm: tuple[tuple[float, ...], tuple[float, ...]]
+               ) -> ImageSet:
+    return ImageSet(_images(arrays), torch.from_numpy(arrays.labels), list(arrays.classes),
+                    *norm)
 
 
 @DATASETS.register("cifar10")
 def cifar10(root: str = "", split: str = "train") -> ImageSet:
     """CIFAR-10 (Krizhevsky 2009): 50,000 train / 10,000 test 32×32 RGB images, 10 classes.
 
-    mean/std are the exact statistics of the train images (both splits normalised alike).
+    mean/std: the train statistics solo-learn uses (``dataroom.cifar.NORMALIZATION``), the
+    same the ``cifar10`` eval suite normalises with.
     """
-    return _cifar("cifar10", root, split)
+    return _image_set(read_cifar("cifar10", root, split), NORMALIZATION["cifar10"])
 
 
 @DATASETS.register("cifar100")
 def cifar100(root: str = "", split: str = "train") -> ImageSet:
     """CIFAR-100: 50,000 train / 10,000 test 32×32 RGB images, 100 fine classes."""
-    return _cifar("cifar100", root, split)
+    return _image_set(read_cifar("cifar100", root, split), NORMALIZATION["cifar100"])
 
 
 @DATASETS.register("stl10")
@@ -76,16 +69,11 @@ def stl10(root: str = "", split: str = "train") -> ImageSet:
     """STL-10 (Coates et al. 2011) at 96×96: ``train`` = train+unlabeled (105,000 images).
 
     Other splits (``test``, ``unlabeled``, ``train+unlabeled``, and ``labelled`` for the
-    5,000 labelled train images) are read as named.
-
-    NOTE: mean/std are those of the 5,000 labelled train images, not of all 105,000:
-    reading the 2.76 GB unlabeled file at every start to count its pixels is not worth
-    the third decimal.
+    5,000 labelled train images) are read as named. mean/std: solo-learn's
+    (``dataroom.stl10.NORMALIZATION``), as in the ``stl10`` eval suite.
     """
     names = {"train": "train+unlabeled", "labelled": "train"}
-    arrays = read_stl10(root, names.get(split, split))
-    labelled = arrays if arrays.split == "train" else read_stl10(root, "train")
-    return _image_set(arrays, labelled)
+    return _image_set(read_stl10(root, names.get(split, split)), STL10_NORMALIZATION)
 
 
 @DATASETS.register("imagenet100")
