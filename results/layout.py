@@ -131,3 +131,35 @@ FAMILIES = (
            "positives per class", knn_lowshot_columns),
 )
 OTHER = Family("other", "Other benchmarks and metrics (%)", other_columns)
+
+
+# ----------------------------------------------------------------------------- standard benchmarks
+# One family per small SSL benchmark (solo-learn's tables): linear top-1/top-5 and the kNN
+# accuracies of ``<dataset>_linear`` / ``<dataset>_knn`` (eval.bench_standard). Two decimals,
+# as solo-learn publishes them.
+STANDARD = (("cifar10", "CIFAR-10"), ("cifar100", "CIFAR-100"), ("stl10", "STL-10"),
+            ("imagenet100", "ImageNet-100"))
+
+
+def standard_columns(dataset: str) -> Callable[[list[Record]], list[Column]]:
+    """The column builder of one dataset's table."""
+
+    def columns(records: list[Record]) -> list[Column]:
+        linear = f"{dataset}_linear"
+        cols = [Column(f"{linear}/{m}", metric_label(m), "Linear", linear, m, digits=2)
+                for m in ("top1", "top5")]
+        bench = f"{dataset}_knn"
+        knn = {(r.metric, r.k) for r in records if r.benchmark == bench and r.backend is None}
+        for metric, k in sorted(knn or {(m, None) for m in KNN_DEFAULT},
+                                key=lambda mk: (split_k(*mk), _k_sort(mk[1]), mk[0])):
+            key = f"{bench}/{metric}" + (f"/k{k}" if k is not None else "")
+            cols.append(Column(key, column_label(metric, k), "kNN", bench, metric, k=k,
+                               digits=2))
+        return cols
+
+    return columns
+
+
+FAMILIES = FAMILIES + tuple(
+    Family(dataset, f"{title}: linear evaluation and kNN on the test split (accuracy, %)",
+           standard_columns(dataset)) for dataset, title in STANDARD)

@@ -39,6 +39,16 @@ BENCHMARKS = {
                     "test (11-point AP)",
     "coco_det": "COCO detection: Mask R-CNN (model in the settings), box AP",
     "coco_seg": "COCO instance segmentation: Mask R-CNN (model in the settings), mask AP",
+    **{f"{d}_linear": f"{name} linear: solo-learn's offline protocol (frozen eval-mode backbone, "
+                      "linear head on RandomResizedCrop + flip views, SGD 100 epochs, batch "
+                      "256, wd 0, lr ×0.1 at 60/80, lr per method), top-1/top-5 on the "
+                      f"{test} split"
+       for d, name, test in (("cifar10", "CIFAR-10", "test"), ("cifar100", "CIFAR-100", "test"),
+                             ("stl10", "STL-10", "test"), ("imagenet100", "ImageNet-100", "val"))},
+    **{f"{d}_knn": f"{name} kNN: DINO's weighted vote (T = 0.07) on frozen avgpool features, "
+                   "train split as memory"
+       for d, name in (("cifar10", "CIFAR-10"), ("cifar100", "CIFAR-100"), ("stl10", "STL-10"),
+                       ("imagenet100", "ImageNet-100"))},
 }
 
 BACKENDS = {"detectron2": "d2", "torchvision": "tv"}
