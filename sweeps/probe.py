@@ -66,10 +66,15 @@ def probe_backbone(backbone: torch.nn.Module, train: ImageSet, test: ImageSet,
 
 
 def labelled_splits(cfg: RunConfig, labelled: int) -> tuple[ImageSet, ImageSet, int]:
-    """The first ``labelled`` training images, the test split and the crop of a run."""
+    """The first ``labelled`` labelled training images, the test split and the crop of a run
+    (a set that pretrains on unlabeled images too, label -1, e.g. STL-10's, skips them)."""
     full = DATASETS.build(cfg.data.name, root=cfg.data.root, split="train")
     test = DATASETS.build(cfg.data.name, root=cfg.data.root, split="test")
     crop = cfg.aug.views[0].crop_size if cfg.aug.views else cfg.aug.crop_size
+    if bool((full.labels < 0).any()):
+        keep = (full.labels >= 0).nonzero().flatten()[:labelled]
+        return (ImageSet(full.images[keep], full.labels[keep], full.classes, full.mean,
+                         full.std), test, crop)
     return full.subset(min(labelled, len(full))), test, crop
 
 

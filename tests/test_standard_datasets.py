@@ -85,3 +85,12 @@ def test__training_on_stl_with_unlabeled_images(stl_root, tmp_path) -> None:
     epoch = [json.loads(x) for x in lines if '"kind": "epoch"' in x][-1]
     assert np.isfinite(epoch["loss"]) and 0.0 <= epoch["probe_train_acc"] <= 1.0
     assert 0.0 <= epoch["probe_val_acc"] <= 1.0 and (run_dir / "backbone.pth").exists()
+
+
+def test__sweep_probes_use_only_labelled_stl_images(stl_root) -> None:
+    from sweeps.probe import labelled_splits
+
+    cfg = load_config([], ["data.name=stl10", f"data.root={stl_root}", "aug.crop_size=96"])
+    train, test, crop = labelled_splits(cfg, 1000)
+    assert len(train) == 20 and (train.labels >= 0).all() and len(test) == 10 and crop == 96
+    assert len(labelled_splits(cfg, 7)[0]) == 7
