@@ -50,6 +50,13 @@ demo-all: setup
 train: setup
 	$(PY) -m trainer.train $(ARGS)
 
+# make cifar-demo [METHOD=vicreg] [CIFAR_ROOT=<folder with cifar-10-batches-py/>] [ARGS="--epochs 20"]:
+# the CIFAR-10 chain on a CPU: sweeps/specs/cifar10.yaml narrowed, the cifar10 eval suite chained,
+# the table beside solo-learn's rows (a small CIFAR-format set is written when CIFAR_ROOT is unset).
+.PHONY: cifar-demo
+cifar-demo: setup
+	$(PY) -m sweeps.cifar_demo --method '$(METHOD)' $(if $(CIFAR_ROOT),--cifar-root '$(CIFAR_ROOT)') $(ARGS)
+
 # make sweep METHOD=<name> [SPEC=sweeps/specs/x.yaml] [CLUSTER=auto|slurm|local] [NAME=...]
 #            [DRY_RUN=1] [WAIT=1] [key=value ...]   (see sweeps/README.md)
 # Dotted key=value words (train.epochs=10 slurm.partition=gpu eval.suite=mini) and seeds=[..]
