@@ -21,6 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from dataroom.readers import DatasetError
+
+
+class DatasetNotFound(DatasetError):
+    """No folder holding the dataset's files was found (as opposed to malformed files)."""
+
 
 class RowStack:
     """Rows of several uint8 arrays, seen as one ``(N, C, H, W)`` image array.

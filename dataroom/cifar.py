@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from dataroom.arrays import ImageArrays, RowStack
+from dataroom.arrays import DatasetNotFound, ImageArrays, RowStack
 from dataroom.readers import DatasetError
 
 CIFAR10_DIR, CIFAR100_DIR = "cifar-10-batches-py", "cifar-100-python"
@@ -144,7 +144,7 @@ def cifar_dir(name: str, root: str | Path = "") -> Path:
     ``~/.cache/sslbench/<name>``.
 
     Raises:
-        DatasetError: Nothing found; the message names the places searched, the expected
+        DatasetNotFound: Nothing found; the message names the places searched, the expected
             layout, and the other CIFAR's folder when that is what is there.
     """
     folder, _, _, _, _, _, layout = SPECS[name]
@@ -163,10 +163,10 @@ def cifar_dir(name: str, root: str | Path = "") -> Path:
     where = ", ".join(str(c) for c in candidates)
     for c in candidates:
         if c.name == other or (c / other).is_dir():
-            raise DatasetError(f"{c}: holds {other} (the other CIFAR), not {folder} for {name}. "
-                               f"Expected {layout}")
+            raise DatasetNotFound(f"{c}: holds {other} (the other CIFAR), not {folder} for "
+                                  f"{name}. Expected {layout}")
     hint = "" if root else f" (give data.root, or set ${ENV[name]})"
-    raise DatasetError(f"{name}: no {folder} folder in {where}{hint}. Expected {layout}")
+    raise DatasetNotFound(f"{name}: no {folder} folder in {where}{hint}. Expected {layout}")
 
 
 def _read_batch(path: Path, name: str, label_key: str, num_classes: int,

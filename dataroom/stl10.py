@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataroom.arrays import ImageArrays, RowStack
+from dataroom.arrays import DatasetNotFound, ImageArrays, RowStack
 from dataroom.readers import DatasetError
 
 STL10_DIR = "stl10_binary"
@@ -43,7 +43,7 @@ def stl10_dir(root: str | Path = "") -> Path:
     ``$SSLBENCH_STL10``, ``datasets/stl10`` and ``~/.cache/sslbench/stl10``.
 
     Raises:
-        DatasetError: Not found; the message names the places searched and the layout.
+        DatasetNotFound: Not found; the message names the places searched and the layout.
     """
     if root:
         candidates = [Path(root).expanduser()]
@@ -57,8 +57,8 @@ def stl10_dir(root: str | Path = "") -> Path:
         if (c / STL10_DIR).is_dir():
             return c / STL10_DIR
     hint = "" if root else f" (give data.root, or set ${ENV})"
-    raise DatasetError(f"stl10: no {STL10_DIR} folder in {', '.join(map(str, candidates))}"
-                       f"{hint}. Expected {STL10_LAYOUT}")
+    raise DatasetNotFound(f"stl10: no {STL10_DIR} folder in {', '.join(map(str, candidates))}"
+                          f"{hint}. Expected {STL10_LAYOUT}")
 
 
 def _images(path: Path, mmap: bool) -> np.ndarray:

@@ -24,7 +24,7 @@ from torch import Tensor
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
-from dataroom.arrays import ImageArrays
+from dataroom.arrays import DatasetNotFound, ImageArrays
 from dataroom.cifar import read_cifar
 from dataroom.readers import DatasetError, FileSet
 from dataroom.stl10 import read_stl10
@@ -61,10 +61,7 @@ def find_arrays(dataset: str, split: str, roots: list[tuple[str, str]]) -> Image
             continue
         try:
             return read_arrays(dataset, root, split)
-        except DatasetError as e:
-            text = str(e)
-            if f"{dataset}: no " not in text and "(the other CIFAR)" not in text:
-                raise  # the folder is there but its files are wrong
+        except DatasetNotFound:  # malformed files in a folder that has the layout: raised
             tried.append(f"{origin} {root}")
     env = {"cifar10": "SSLBENCH_CIFAR10", "cifar100": "SSLBENCH_CIFAR100",
            "stl10": "SSLBENCH_STL10"}[dataset]

@@ -181,3 +181,22 @@ def test__suites_resolve_with_solo_learn_settings(name) -> None:
         100, 256, 0.0, (60, 80))
     assert suite.benchmarks[f"{name}_knn"].ks == (20, 200)
     assert name in SUITES
+
+
+def test__a_foreign_pickle_is_a_skip_naming_it_not_a_search(tmp_path) -> None:
+    import os
+    import pickle
+
+    root = write_tiny_cifar(tmp_path / "cifar", "cifar10", train=20, test=10)
+    bad = root / "cifar-10-batches-py" / "test_batch"
+
+    class Exploit:
+        def __reduce__(self):  # noqa: ANN204
+            return os.system, (f"touch {tmp_path / 'pwned'}",)
+
+    bad.write_bytes(pickle.dumps(Exploit(), protocol=4))
+    ckpt = _checkpoint(tmp_path / "run")
+    (rec, *_) = main(str(ckpt), "cifar10", out=str(tmp_path / "records"), only="cifar10_knn",
+                     overrides=[*FAST, f"data.cifar10={root}"])
+    assert rec["status"] == "skipped" and "test_batch: refused to load global" in rec["reason"]
+    assert not (tmp_path / "pwned").exists()
