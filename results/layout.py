@@ -136,7 +136,8 @@ OTHER = Family("other", "Other benchmarks and metrics (%)", other_columns)
 # ----------------------------------------------------------------------------- standard benchmarks
 # One family per small SSL benchmark (solo-learn's tables): linear top-1/top-5 and the kNN
 # accuracies of ``<dataset>_linear`` / ``<dataset>_knn`` (eval.bench_standard). Two decimals,
-# as solo-learn publishes them.
+# as solo-learn publishes them. Records made with other settings than the suite's (a
+# shortened protocol, ``variant``) get their own columns, labelled with those settings.
 STANDARD = (("cifar10", "CIFAR-10"), ("cifar100", "CIFAR-100"), ("stl10", "STL-10"),
             ("imagenet100", "ImageNet-100"))
 
@@ -145,19 +146,30 @@ def standard_columns(dataset: str) -> Callable[[list[Record]], list[Column]]:
     """The column builder of one dataset's table."""
 
     def columns(records: list[Record]) -> list[Column]:
-        linear = f"{dataset}_linear"
-        cols = [Column(f"{linear}/{m}", metric_label(m), "Linear", linear, m, digits=2)
-                for m in ("top1", "top5")]
-        bench = f"{dataset}_knn"
+        linear, bench = f"{dataset}_linear", f"{dataset}_knn"
+        cols = []
+        for var in _variants(records, linear):  # other settings: their own columns
+            tag = f" [{var}]" if var else ""
+            cols += [Column(f"{linear}/{m}" + (f"/{var}" if var else ""), metric_label(m) + tag,
+                            "Linear", linear, m, digits=2, variant=var)
+                     for m in ("top1", "top5")]
         knn = {(r.metric, r.k) for r in records if r.benchmark == bench and r.backend is None}
-        for metric, k in sorted(knn or {(m, None) for m in KNN_DEFAULT},
-                                key=lambda mk: (split_k(*mk), _k_sort(mk[1]), mk[0])):
-            key = f"{bench}/{metric}" + (f"/k{k}" if k is not None else "")
-            cols.append(Column(key, column_label(metric, k), "kNN", bench, metric, k=k,
-                               digits=2))
+        for var in _variants(records, bench):
+            for metric, k in sorted(knn or {(m, None) for m in KNN_DEFAULT},
+                                    key=lambda mk: (split_k(*mk), _k_sort(mk[1]), mk[0])):
+                key = f"{bench}/{metric}" + (f"/k{k}" if k is not None else "")
+                cols.append(Column(key + (f"/{var}" if var else ""),
+                                   column_label(metric, k) + (f" [{var}]" if var else ""),
+                                   "kNN", bench, metric, k=k, digits=2, variant=var))
         return cols
 
     return columns
+
+
+def _variants(records: list[Record], benchmark: str) -> list[str | None]:
+    """None (the suite's settings) and every other settings ``variant`` of ``benchmark``."""
+    return [None, *sorted({r.variant for r in records if r.benchmark == benchmark
+                           and r.variant})]
 
 
 FAMILIES = FAMILIES + tuple(

@@ -149,7 +149,8 @@ def reported_rows(columns: list[Column], labels: dict[str, str] | None = None) -
             value = ref.values.get(key)
             # kNN columns carry k in extra and in the metric name (top1_k20): both fit.
             k_fits = col.k is None or col.metric.endswith(f"_k{col.k}")
-            fits = k_fits and col.backend in _REPORTED_BACKENDS
+            # a column of records made with other settings (variant) holds none
+            fits = k_fits and col.backend in _REPORTED_BACKENDS and not col.variant
             source = ref.cite(col.benchmark)
             cells[col.key] = (Cell(reported=value, note=ref.notes.get(key, ""), source=source)
                               if value is not None and fits else Cell())

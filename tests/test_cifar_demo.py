@@ -29,7 +29,11 @@ def test__cifar_demo_end_to_end_at_tiny_size(tmp_path: Path) -> None:
     assert linear["config"]["benchmark"]["epochs"] == 1  # the demo's shortened protocol
     run_dir = Path(linear["run_dir"])
     assert run_dir.parent == out / "cifar-demo-simsiam" and (run_dir / "DONE").is_file()
+    assert linear["variant"] == "epochs=1 milestones=1,1"  # not the suite's protocol
     table = (out / "tables" / "cifar10_paper.md").read_text()
-    assert "| SimSiam | resnet18_small | 1 |" in table  # ours, 1 epoch
-    assert "| SimSiam (reported) | resnet18_small | 1000 | 90.51 | 99.72 |" in table
+    assert "| Linear top-1 [epochs=1 milestones=1,1] |" in table  # its own column
+    ours = next(line for line in table.splitlines() if line.startswith("| SimSiam |"))
+    assert ours.startswith("| SimSiam | resnet18_small | 1 | — | — | ")
+    assert f"| {linear['value']:.2f} (1) |" in ours
+    assert "| SimSiam (reported) | resnet18_small | 1000 | 90.51 | 99.72 | — |" in table
     assert main("dino", out=str(out)) == 2  # not one of the five

@@ -33,7 +33,8 @@ BAD = [
                               "warmup_cosine"),
     ("optim.lr_scaling=log", "optim.lr_scaling='log'"),
     ("aug.recipe=nosuch", "aug.recipe='nosuch' is not allowed; expected one of byol, mocov2"),
-    ("data.name=nosuch", "data.name='nosuch' is not allowed; expected one of fashion_mnist"),
+    ("data.name=nosuch", "data.name='nosuch' is not allowed; expected one of cifar10, cifar100, "
+                         "fashion_mnist, imagenet100, stl10"),
     ("method.projector=abc", "method.projector='abc' is not allowed: expected widths"),
     ("method.projector=64-0", "method.projector='64-0'"),
     ("method.name=byol;method.reg_on=head", "method.reg_on='head' is not allowed; expected one "

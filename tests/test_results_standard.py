@@ -80,3 +80,19 @@ def test__reported_only_tables_for_cifar100_and_imagenet100(tmp_path: Path) -> N
     assert "Bardes et al." not in note.split("Reported rows")[1]  # solo-learn's source only
     check_latex_shape(latex(in100))
     assert not built["imagenet100_paper"].section(MEASURED)
+
+
+def test__a_shortened_protocol_gets_its_own_columns_without_reported_values(tmp_path) -> None:
+    d = tmp_path / "records"
+    _cifar_records(d)
+    write_record(d, "short", "vicreg", 5, "cifar10_linear", "top1", 50.6,
+                 variant="epochs=10 milestones=6,8", **PAPER)
+    t = _build(d, tmp_path, reported=True)["cifar10_paper"]
+    col = next(c for c in t.columns if c.variant)
+    assert col.key == "cifar10_linear/top1/epochs=10 milestones=6,8"
+    assert col.title == "Linear top-1 [epochs=10 milestones=6,8]"
+    ours = t.cell(("VICReg", "resnet18_small", "1000"), col.key)
+    assert ours.text(2) == "50.60 (1)"  # not averaged into the suite's column
+    assert t.cell(("VICReg", "resnet18_small", "1000"), "cifar10_linear/top1").n == 2
+    rep = next(r for r in t.section(REPORTED) if r.labels[0] == "VICReg (reported)")
+    assert rep.cells[col.key].missing and rep.cells["cifar10_linear/top1"].text(2) == "92.07"
