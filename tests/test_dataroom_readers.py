@@ -116,7 +116,8 @@ def test__unlabeled_folder_flat_and_nested(tmp_path: Path) -> None:
     (lambda r: readers.unlabeled_folder(r / "missing"), r"an unlabeled image folder"),
     (lambda r: readers.unlabeled_folder(r), r"no images found .*an unlabeled image folder"),
     (lambda r: open_files("imagenet_22k", r), r"unknown image dataset 'imagenet_22k'; valid: "
-                                              r"image_folder, imagenet, unlabeled_folder"),
+                                              r"image_folder, imagenet, imagenet100, "
+                                              r"unlabeled_folder"),
     (lambda r: open_files("unlabeled_folder", r, "val"), r"no 'val' split.*data.val_root"),
 ])
 def test__refusals_name_the_expected_layout(tmp_path: Path, call, layout: str) -> None:
