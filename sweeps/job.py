@@ -48,12 +48,33 @@ def dist_env() -> dict[str, str]:
         return {}
     if env.num_tasks <= 1:
         return {}
-    master = "127.0.0.1" if env.cluster == "local" else env.hostnames[0]
+    # the first node of the job's node list hosts rank 0 and the rendezvous
+    master = "127.0.0.1" if env.cluster == "local" else node_address(env.hostnames[0])
     # One port per job, stable across requeues; the job id is unique while the job runs.
     digits = re.sub(r"\D", "", env.raw_job_id) or "0"
     return {"RANK": str(env.global_rank), "WORLD_SIZE": str(env.num_tasks),
             "LOCAL_RANK": str(env.local_rank), "MASTER_ADDR": master,
             "MASTER_PORT": str(20000 + int(digits) % 20000)}
+
+
+def node_address(node: str) -> str:
+    """The IP address of SLURM node ``node``: its name resolved here, else its ``NodeAddr``.
+
+    On most clusters node names resolve through DNS or /etc/hosts. Where they do not (a
+    node whose ``NodeAddr`` differs from its name), ``scontrol show node`` gives the
+    address slurmctld itself uses. Falls back to the name.
+    """
+    try:
+        return socket.gethostbyname(node)
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["scontrol", "-o", "show", "node", node], capture_output=True,
+                             text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""
+    m = re.search(r"\bNodeAddr=(\S+)", out)
+    return m.group(1) if m else node
 
 
 def _job_info() -> dict[str, Any]:
@@ -62,6 +83,17 @@ def _job_info() -> dict[str, Any]:
     return {"job_id": job_id or e.get("SLURM_JOB_ID") or e.get("SUBMITIT_LOCAL_JOB_ID", ""),
             "restart_count": int(e.get("SLURM_RESTART_COUNT", "0")), "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def _node_list() -> list[str]:
+    """The job's hostnames (SLURM), [] outside SLURM."""
+    try:
+        import submitit
+
+        env = submitit.JobEnvironment()
+        return list(env.hostnames) if env.cluster == "slurm" else []
+    except (ImportError, RuntimeError):
+        return []
 
 
 @dataclass
@@ -91,6 +123,10 @@ class Job:
         env = dist_env()
         os.environ.update(env)
         rank = int(env.get("RANK", "0"))
+        if env:
+            log.info("task rank %s/%s, local rank %s on %s, rendezvous %s:%s", env["RANK"],
+                     env["WORLD_SIZE"], env["LOCAL_RANK"], socket.gethostname(),
+                     env["MASTER_ADDR"], env["MASTER_PORT"])
         run_dir = Path(self.run_dir)
         suffix = "" if self.kind == "train" else f".{self.kind}"
         if self.num_threads:
@@ -99,7 +135,8 @@ class Job:
                 sys.modules["torch"].set_num_threads(self.num_threads)
         self.calls += 1
         info = {**_job_info(), "kind": self.kind, "world_size": int(env.get("WORLD_SIZE", "1")),
-                "checkpoint_requeues": self.calls - 1}
+                "checkpoint_requeues": self.calls - 1, "master_addr": env.get("MASTER_ADDR", ""),
+                "nodes": _node_list()}
         log.info("%s job %s (restart %d) for %s", self.kind, info["job_id"],
                  info["restart_count"], run_dir)
         if rank == 0:

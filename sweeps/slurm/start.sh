@@ -13,6 +13,13 @@
 #   SSLBENCH_SLURM_CRED_EXPIRE  AuthInfo cred_expire in s (default 10); a requeued job
 #                             waits about cred_expire+1 s before it may start again
 #   SSLBENCH_SLURM_TIMEOUT    seconds to wait for the node to become idle (default 60)
+#   SSLBENCH_SLURM_NODES      compute nodes (default 1: one slurmd on this host, on 127.0.0.1).
+#                             N >= 2: N slurmd, each in its own network + UTS namespace
+#                             (hostname sslb-node<i>, address <subnet>.1<i>... see below),
+#                             joined by veth pairs to a bridge whose host side carries
+#                             slurmctld's address <subnet>.1. Needs root and `ip netns`.
+#   SSLBENCH_SLURM_SUBNET     first three octets of the private /24 (default 10.213.0)
+#   SSLBENCH_SLURM_NET_PREFIX prefix of the namespaces, links and node names (default sslb)
 #
 # Clients (sbatch, squeue, sacct, submitit) need:  export SLURM_CONF=$S/etc/slurm.conf
 # (or: source $S/env.sh).  Must run as root (munged/mariadbd run as munge/mysql).
@@ -22,6 +29,9 @@ S=${SSLBENCH_SLURM_DIR:-/tmp/sslbench-slurm}
 PORT_BASE=${SSLBENCH_SLURM_PORT_BASE:-6817}
 CRED_EXPIRE=${SSLBENCH_SLURM_CRED_EXPIRE:-10}
 TIMEOUT=${SSLBENCH_SLURM_TIMEOUT:-60}
+NODES=${SSLBENCH_SLURM_NODES:-1}
+SUBNET=${SSLBENCH_SLURM_SUBNET:-10.213.0}
+P=${SSLBENCH_SLURM_NET_PREFIX:-sslb}
 CTLD_PORT=$PORT_BASE
 SLURMD_PORT=$((PORT_BASE + 1))
 DBD_PORT=$((PORT_BASE + 2))
@@ -32,6 +42,10 @@ export SLURM_CONF=$CONF
 MUNGE_SOCK=$S/munge/munge.socket
 DB_SOCK=$S/mysqlrun/mysqld.sock
 PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
+
+case "$NODES" in ''|*[!0-9]*) echo "SSLBENCH_SLURM_NODES=$NODES: expected a number 1..50" >&2; exit 2;; esac
+[ "$NODES" -ge 1 ] && [ "$NODES" -le 50 ] || { echo "SSLBENCH_SLURM_NODES=$NODES: expected 1..50" >&2; exit 2; }
+[[ "$SUBNET" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || { echo "SSLBENCH_SLURM_SUBNET=$SUBNET: expected three octets, e.g. 10.213.0" >&2; exit 2; }
 
 log() { printf '[sslbench-slurm %s] %s\n' "$(date +%T)" "$*"; }
 die() { printf '[sslbench-slurm %s] ERROR: %s\n' "$(date +%T)" "$*" >&2; exit 1; }
@@ -50,12 +64,26 @@ DAEMONS=(
     "mariadbd   $S/mysqlrun/mysqld.pid    mariadbd"
     "slurmdbd   $S/run/slurmdbd.pid       slurmdbd"
     "slurmctld  $S/run/slurmctld.pid      slurmctld"
-    "slurmd     $S/run/slurmd.pid         slurmd"
 )
+NODE=$(uname -n); NODE=${NODE%%.*}
+if [ "$NODES" = 1 ]; then
+    NODE_NAMES=("$NODE")
+    CTLD_ADDR=127.0.0.1
+    DAEMONS+=("slurmd     $S/run/slurmd.pid         slurmd")
+else
+    # node i: namespace, hostname and NodeName $P-node<i>, address $SUBNET.(10+i)
+    NODE_NAMES=(); for ((i = 1; i <= NODES; i++)); do NODE_NAMES+=("$P-node$i"); done
+    CTLD_ADDR=$SUBNET.1
+    for n in "${NODE_NAMES[@]}"; do DAEMONS+=("slurmd     $S/run/slurmd-$n.pid    slurmd"); done
+fi
+node_addr() { local i=${1##*-node}; echo "$SUBNET.$((10 + i))"; }
 running() { local p c; read -r _ p c <<<"$1"; pid_alive "$p" "$c"; }
 all_running() { local d; for d in "${DAEMONS[@]}"; do running "$d" || return 1; done; }
-node_state() { timeout 5 sinfo -h -n "$NODE" -o %T 2>/dev/null | head -n1 | tr -d '*~#!%$@^-'; }
-node_ready() { case "$(node_state)" in idle|mixed|allocated|completing) return 0;; esac; return 1; }
+node_state() { timeout 5 sinfo -h -N -n "$1" -o %T 2>/dev/null | head -n1 | tr -d '*~#!%$@^-'; }
+node_ready() { case "$(node_state "$1")" in idle|mixed|allocated|completing) return 0;; esac; return 1; }
+nodes_ready() { local n; for n in "${NODE_NAMES[@]}"; do node_ready "$n" || return 1; done; }
+# the node count a running cluster was started with (run/nodes), if any
+running_nodes() { cat "$S/run/nodes" 2>/dev/null || echo 1; }
 
 dump_logs() {
     local f
@@ -79,22 +107,24 @@ wait_for() {
     done
 }
 
-NODE=$(uname -n); NODE=${NODE%%.*}
-
 if [ "${1:-}" = "--status" ]; then
-    all_running && [ -f "$CONF" ] && node_ready && { echo "up: $S (SLURM_CONF=$CONF)"; exit 0; }
+    [ "$(running_nodes)" = "$NODES" ] && all_running && [ -f "$CONF" ] && nodes_ready && { echo "up: $S (SLURM_CONF=$CONF)"; exit 0; }
     echo "not running: $S"; exit 1
 fi
 [ $# -eq 0 ] || die "usage: $0 [--status]"
 
-if all_running && node_ready; then
+if pid_alive "$S/run/slurmctld.pid" slurmctld && [ "$(running_nodes)" != "$NODES" ]; then
+    die "the cluster in $S runs with $(running_nodes) node(s), not $NODES: stop it first (sweeps/slurm/stop.sh)"
+fi
+if all_running && nodes_ready; then
     log "already running (state dir $S)"
     log "export SLURM_CONF=$CONF   # or: source $S/env.sh"
     exit 0
 fi
 
 [ "$(id -u)" -eq 0 ] || die "start.sh must run as root"
-for b in munged mariadbd mariadb-install-db slurmdbd slurmctld slurmd sacctmgr sinfo; do
+for b in munged mariadbd mariadb-install-db slurmdbd slurmctld slurmd sacctmgr sinfo \
+         $([ "$NODES" -gt 1 ] && echo ip unshare nsenter); do
     command -v "$b" >/dev/null || die "$b not found: run sweeps/slurm/install.sh first"
 done
 
@@ -114,10 +144,19 @@ write_if_changed() {  # write stdin to $1 only when the content differs
     if [ -f "$1" ] && cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv -f "$tmp" "$1"; fi
 }
 
+if [ "$NODES" = 1 ]; then
+    SUFFIX= SUFFIX_DIR= SLURMD_TIMEOUT=60
+    NODE_LINES="NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$NCPU RealMemory=$MEM_MB State=UNKNOWN"
+else
+    # one slurmd per namespace: per-node PID file, log and spool (%n = NodeName)
+    SUFFIX=-%n SUFFIX_DIR=/%n SLURMD_TIMEOUT=${SSLBENCH_SLURM_SLURMD_TIMEOUT:-30}
+    NODE_LINES=$(for n in "${NODE_NAMES[@]}"; do
+        echo "NodeName=$n NodeAddr=$(node_addr "$n") CPUs=$NCPU RealMemory=$MEM_MB State=UNKNOWN"; done)
+fi
 write_if_changed "$CONF" <<CONF
-# Generated by sweeps/slurm/start.sh -- one-node local cluster, do not edit by hand.
+# Generated by sweeps/slurm/start.sh -- $NODES-node local cluster, do not edit by hand.
 ClusterName=sslbench
-SlurmctldHost=$NODE(127.0.0.1)
+SlurmctldHost=$NODE($CTLD_ADDR)
 SlurmUser=root
 SlurmdUser=root
 DisableRootJobs=NO
@@ -148,16 +187,16 @@ KillWait=5
 MinJobAge=30
 InactiveLimit=0
 SlurmctldTimeout=30
-SlurmdTimeout=60
+SlurmdTimeout=$SLURMD_TIMEOUT
 StateSaveLocation=$S/state
-SlurmdSpoolDir=$S/spool
+SlurmdSpoolDir=$S/spool$SUFFIX_DIR
 SlurmctldPidFile=$S/run/slurmctld.pid
-SlurmdPidFile=$S/run/slurmd.pid
+SlurmdPidFile=$S/run/slurmd$SUFFIX.pid
 SlurmctldLogFile=$S/log/slurmctld.log
-SlurmdLogFile=$S/log/slurmd.log
+SlurmdLogFile=$S/log/slurmd$SUFFIX.log
 SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$NCPU RealMemory=$MEM_MB State=UNKNOWN
+$NODE_LINES
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
 
@@ -264,23 +303,77 @@ if ! timeout 10 sacctmgr -n -P show account format=account | grep -qx sslbench; 
         description=sslbench organization=sslbench >/dev/null || fail "sacctmgr add account failed"
 fi
 
+# ---------------------------------------------------------------- network (N >= 2)
+# bridge $P-br0 ($CTLD_ADDR/24 on the host side) + per node: namespace $P-node<i>, a veth
+# pair (host end $P-node<i>h on the bridge, eth0 inside with $SUBNET.(10+i)). Idempotent.
+net_up() {
+    local n i addr
+    ip link show "$P-br0" >/dev/null 2>&1 || ip link add "$P-br0" type bridge \
+        || fail "cannot create bridge $P-br0"
+    ip -o addr show dev "$P-br0" | grep -q " $CTLD_ADDR/24 " || ip addr add "$CTLD_ADDR/24" dev "$P-br0"
+    ip link set "$P-br0" up
+    for n in "${NODE_NAMES[@]}"; do
+        addr=$(node_addr "$n")
+        [ -e "/run/netns/$n" ] || ip netns add "$n" || fail "cannot create network namespace $n"
+        if ! ip -n "$n" -o addr show dev eth0 2>/dev/null | grep -q " $addr/24 "; then
+            ip link del "${n}h" 2>/dev/null || true
+            ip link add "${n}h" type veth peer name "${n}c" || fail "cannot create veth ${n}h"
+            ip link set "${n}c" netns "$n"
+            ip -n "$n" link set "${n}c" name eth0
+            ip -n "$n" addr add "$addr/24" dev eth0
+        fi
+        ip link set "${n}h" master "$P-br0" up
+        ip -n "$n" link set lo up
+        ip -n "$n" link set eth0 up
+    done
+}
+if [ "$NODES" -gt 1 ]; then
+    net_up
+    {   echo "# Generated by sweeps/slurm/start.sh: names of the $NODES-node test cluster,"
+        echo "# bind-mounted on /etc/hosts inside the node namespaces only."
+        echo "$CTLD_ADDR $NODE"
+        for n in "${NODE_NAMES[@]}"; do echo "$(node_addr "$n") $n"; done
+        grep -vw -e "$NODE" /etc/hosts 2>/dev/null || echo "127.0.0.1 localhost"
+    } | write_if_changed "$S/etc/hosts"
+    chmod 644 "$S/etc/hosts"
+fi
+
 # ---------------------------------------------------------------- slurmctld + slurmd
 if ! pid_alive "$S/run/slurmctld.pid" slurmctld; then
-    log "starting slurmctld (127.0.0.1:$CTLD_PORT)"
+    log "starting slurmctld ($CTLD_ADDR:$CTLD_PORT)"
     rm -f "$S/run/slurmctld.pid"
     slurmctld || fail "slurmctld failed to start"
+    echo "$NODES" > "$S/run/nodes"  # the node set this slurmctld was started with
 fi
 wait_for 30 "slurmctld" bash -c 'timeout 5 scontrol ping 2>/dev/null | grep -q UP'
-if ! pid_alive "$S/run/slurmd.pid" slurmd; then
-    log "starting slurmd (node $NODE, $NCPU CPUs, ${MEM_MB} MB)"
-    rm -f "$S/run/slurmd.pid"
-    slurmd -N "$NODE" || fail "slurmd failed to start"
+if [ "$NODES" = 1 ]; then
+    if ! pid_alive "$S/run/slurmd.pid" slurmd; then
+        log "starting slurmd (node $NODE, $NCPU CPUs, ${MEM_MB} MB)"
+        rm -f "$S/run/slurmd.pid"
+        slurmd -N "$NODE" || fail "slurmd failed to start"
+    fi
+else
+    for n in "${NODE_NAMES[@]}"; do
+        pid_alive "$S/run/slurmd-$n.pid" slurmd && continue
+        log "starting slurmd in namespace $n ($(node_addr "$n"), $NCPU CPUs, ${MEM_MB} MB)"
+        rm -f "$S/run/slurmd-$n.pid"
+        mkdir -p "$S/spool/$n"
+        # own network (nsenter: not `ip netns exec`, which remounts /sys and so hides the
+        # cgroup fs slurmd needs), own hostname (--uts) and a private mount namespace in which
+        # $S/etc/hosts is bound on /etc/hosts so that node names resolve. Everything else
+        # (files, the munge socket, PIDs) is shared with the host.
+        nsenter --net="/run/netns/$n" unshare --uts --mount --propagation private sh -c \
+            'hostname "$1" && mount --bind "$2" /etc/hosts && exec slurmd -N "$1"' \
+            sh "$n" "$S/etc/hosts" || fail "slurmd of $n failed to start"
+    done
 fi
-wait_for "$TIMEOUT" "node $NODE to become idle" node_ready
+for n in "${NODE_NAMES[@]}"; do
+    wait_for "$TIMEOUT" "node $n to become idle" node_ready "$n"
+done
 all_running || fail "a daemon exited during start-up"
 
 awk -v a="$t_start" -v b="$(date +%s%N)" 'BEGIN{printf "[sslbench-slurm] up in %.1f s\n", (b-a)/1e9}'
-log "$(sinfo -h -o 'partition=%P state=%T node=%N cpus=%c mem=%m')"
+log "$(sinfo -h -o 'partition=%P state=%T nodes=%N cpus=%c mem=%m')"
 log "state dir: $S   logs: $S/log/   (slurmctld.log slurmd.log slurmdbd.log munged.log mariadb.log)"
 log "clients need:  export SLURM_CONF=$CONF   # or: source $S/env.sh"
 log "stop with: $(dirname "$0")/stop.sh"

@@ -1,7 +1,8 @@
 #!/bin/bash
-# Stop the one-node cluster started by start.sh: cancel its jobs, then stop
-# slurmd, slurmctld, slurmdbd, mariadbd and munged by their PID files (never by
-# name), wait for each to exit (SIGKILL after a grace period). Idempotent.
+# Stop the cluster started by start.sh (one node, or SSLBENCH_SLURM_NODES >= 2 in
+# namespaces): cancel its jobs, then stop slurmd(s), slurmctld, slurmdbd, mariadbd and munged by their PID files (never by
+# name), wait for each to exit (SIGKILL after a grace period), then remove the node
+# namespaces, their veth pairs and the bridge. Idempotent.
 #
 # Environment: SSLBENCH_SLURM_DIR (default /tmp/sslbench-slurm), as for start.sh.
 # Set SSLBENCH_SLURM_PURGE=1 to also delete the state dir (DB, job state, logs).
@@ -10,6 +11,7 @@ set -uo pipefail
 S=${SSLBENCH_SLURM_DIR:-/tmp/sslbench-slurm}
 CONF=$S/etc/slurm.conf
 export SLURM_CONF=$CONF
+P=${SSLBENCH_SLURM_NET_PREFIX:-sslb}  # namespaces/links of a multi-node cluster (start.sh)
 PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 GRACE=${SSLBENCH_SLURM_STOP_GRACE:-20}
 
@@ -60,7 +62,24 @@ descendants() {  # all descendants of PID $1 (depth first)
     for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do echo "$c"; descendants "$c"; done
 }
 
+# the namespaces, veth pairs and bridge of a multi-node cluster (start.sh, N >= 2): whatever
+# still runs inside a node namespace is a job process of that node (started through its
+# slurmd) and is killed by PID; deleting a namespace deletes its veth end and so the pair.
+net_down() {
+    local ns p i
+    for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -x "$P-node[0-9]*"); do
+        for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
+        for ((i = 0; i < 30; i++)); do [ -z "$(ip netns pids "$ns" 2>/dev/null)" ] && break; sleep 0.1; done
+        ip netns del "$ns" && log "removed namespace $ns"
+        ip link del "${ns}h" 2>/dev/null || true
+    done
+    if ip link show "$P-br0" >/dev/null 2>&1; then
+        ip link del "$P-br0" && log "removed bridge $P-br0"
+    fi
+}
+
 if [ ! -d "$S" ]; then
+    net_down
     log "nothing to stop ($S does not exist)"
     exit 0
 fi
@@ -79,8 +98,12 @@ if [ -n "$ctld" ]; then
 fi
 
 stopped_any=0
-for spec in "slurmd run/slurmd.pid" "slurmctld run/slurmctld.pid" "slurmdbd run/slurmdbd.pid" \
+# slurmd of a multi-node cluster (SSLBENCH_SLURM_NODES >= 2): one PID file per node
+slurmds=""
+for f in "$S"/run/slurmd-*.pid; do [ -e "$f" ] && slurmds="$slurmds slurmd:run/${f##*/}"; done
+for spec in "slurmd run/slurmd.pid" $slurmds "slurmctld run/slurmctld.pid" "slurmdbd run/slurmdbd.pid" \
             "mariadbd mysqlrun/mysqld.pid" "munged munge/munged.pid"; do
+    spec=${spec/:/ }
     read -r name rel <<<"$spec"
     pid=$(pid_of "$S/$rel" "$name") || pid=
     if [ -n "$pid" ]; then
@@ -95,6 +118,9 @@ for spec in "slurmd run/slurmd.pid" "slurmctld run/slurmctld.pid" "slurmdbd run/
     fi
 done
 [ "$stopped_any" = 1 ] || log "no daemon was running"
+rm -f "$S/run/nodes"
+
+net_down
 # give the reaper a moment so that no <defunct> entries are left behind
 for ((i = 0; i < 30; i++)); do
     left=0; for z in "${ZOMBIES[@]}"; do [ -d "/proc/$z" ] && left=1; done
