@@ -51,12 +51,14 @@ log() { printf '[sslbench-slurm %s] %s\n' "$(date +%T)" "$*"; }
 die() { printf '[sslbench-slurm %s] ERROR: %s\n' "$(date +%T)" "$*" >&2; exit 1; }
 
 # pid_alive PIDFILE COMM: the PID in PIDFILE is running and its command name is COMM
-# (guards against a stale PID file whose PID was reused by another process).
+# and it has not exited (guards against a stale PID file whose PID was reused by another
+# process, and against a zombie: PID 1 here is no init and reaps exited daemons late).
 pid_alive() {
     local pid
     [ -s "$1" ] || return 1
     pid=$(tr -dc '0-9' < "$1")
-    [ -n "$pid" ] && [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ]
+    [ -n "$pid" ] && [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ] \
+        && [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]  # a killed, unreaped one
 }
 # name pidfile comm, in start order
 DAEMONS=(
