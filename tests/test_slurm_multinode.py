@@ -255,12 +255,14 @@ def test__preemption_signal_checkpoints_once_on_rank_0_and_requeues(
 
 def test__second_node_dies_mid_run_and_a_relaunch_resumes_it(
         two_nodes, uninterrupted, fmnist_root: Path, tmp_path: Path) -> None:
+    uninterrupted()  # it must not run on sslb-node2 when everything there is killed
     sweep = fault_sweep(fmnist_root, tmp_path)
     (run,) = sweep.runs
     assert launch.launch(sweep) == 0
     job_id = entries(sweep)[run.key]["job_id"]
     wait_for_file(run.folder / "checkpoint.pth", timeout=90)
-    # power loss of sslb-node2: its slurmd, the job's slurmstepd and python task
+    # power loss of sslb-node2: every process in its namespace (slurmd, the job's
+    # slurmstepd and python task)
     pids = subprocess.run(["ip", "netns", "pids", NODES[1]], capture_output=True, text=True,
                           check=True).stdout.split()
     slurmd_pid = (two_nodes.state_dir / "run" / f"slurmd-{NODES[1]}.pid").read_text().strip()
