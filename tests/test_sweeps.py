@@ -22,7 +22,7 @@ from sweeps.cluster import (
     local_resources,
     make_executor,
 )
-from sweeps.job import ERROR_FILE, Job, dist_env
+from sweeps.job import ERROR_FILE, Job, dist_env, node_address
 from sweeps.spec import SPEC_DIR, SpecError, available_methods
 from trainer.config import config_hash, default_run_dir
 
@@ -228,12 +228,37 @@ def test__ddp_environment_comes_from_submitit_job_environment(monkeypatch) -> No
                SLURM_JOB_NODELIST="gpu[07-08]")
     for k, v in env.items():
         monkeypatch.setenv(k, v)
+    # gpu07 does not resolve here, and no scontrol answers for it: the name itself
+    monkeypatch.setenv("PATH", "/nonexistent")
     assert dist_env() == {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1",
                           "MASTER_ADDR": "gpu07", "MASTER_PORT": str(20000 + 1234)}
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "localhost,gpu08")  # resolves: its address
+    assert dist_env()["MASTER_ADDR"] == "127.0.0.1"
     monkeypatch.setenv("SLURM_NTASKS", "1")
     assert dist_env() == {}
     monkeypatch.delenv("SUBMITIT_EXECUTOR")
     assert dist_env() == {}  # not inside a job
+
+
+def test__node_address_falls_back_to_slurms_node_addr(tmp_path: Path, monkeypatch) -> None:
+    # a node whose name does not resolve: the NodeAddr slurmctld has for it
+    scontrol = tmp_path / "scontrol"
+    scontrol.write_text('#!/bin/sh\n[ "$3 $4" = "node gpu07" ] && '
+                        'echo "NodeName=gpu07 Arch=x86_64 NodeAddr=10.1.2.7 NodeHostName=gpu07"\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert node_address("gpu07.invalid") == "gpu07.invalid"
+    assert node_address("gpu07") in ("10.1.2.7", _resolved("gpu07"))
+    assert node_address("localhost") == "127.0.0.1"
+
+
+def _resolved(name: str) -> str:
+    import socket
+
+    try:
+        return socket.gethostbyname(name)
+    except OSError:
+        return ""
 
 
 def _boom(arg: str) -> None:
