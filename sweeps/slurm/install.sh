@@ -1,5 +1,5 @@
 #!/bin/bash
-# Install the Debian packages needed for a local one-node SLURM cluster
+# Install the Debian packages needed for the local SLURM cluster (one or more nodes)
 # (slurmctld, slurmd, slurmdbd, client tools, munge, MariaDB for accounting).
 #
 # Idempotent: exits 0 at once when everything is already installed.
@@ -7,7 +7,8 @@
 # Nothing is started here: start.sh starts the daemons by hand (no systemd).
 set -euo pipefail
 
-PKGS=(slurm-wlm slurmctld slurmd slurm-client slurmdbd munge mariadb-server mariadb-client)
+# iproute2 (`ip`): the namespaces and links of a multi-node cluster (SSLBENCH_SLURM_NODES >= 2)
+PKGS=(slurm-wlm slurmctld slurmd slurm-client slurmdbd munge mariadb-server mariadb-client iproute2)
 # Binaries start.sh relies on; checked too, in case a package is half-installed.
 BINS=(slurmctld slurmd slurmdbd sbatch squeue sinfo sacct sacctmgr scontrol scancel
       munged munge unmunge mariadbd mariadb mariadb-install-db mariadb-admin)
