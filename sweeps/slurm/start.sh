@@ -13,7 +13,8 @@
 #   SSLBENCH_SLURM_CRED_EXPIRE  AuthInfo cred_expire in s (default 10); a requeued job
 #                             waits about cred_expire+1 s before it may start again
 #   SSLBENCH_SLURM_TIMEOUT    seconds to wait for the node to become idle (default 60)
-#   SSLBENCH_SLURM_NODES      compute nodes (default 1: one slurmd on this host, on 127.0.0.1).
+#   SSLBENCH_SLURM_NODES      compute nodes (default: the running cluster's count, else 1: one
+#                             slurmd on this host, on 127.0.0.1).
 #                             N >= 2: N slurmd, each in its own network + UTS namespace
 #                             (hostname sslb-node<i>, address <subnet>.1<i>... see below),
 #                             joined by veth pairs to a bridge whose host side carries
@@ -29,7 +30,7 @@ S=${SSLBENCH_SLURM_DIR:-/tmp/sslbench-slurm}
 PORT_BASE=${SSLBENCH_SLURM_PORT_BASE:-6817}
 CRED_EXPIRE=${SSLBENCH_SLURM_CRED_EXPIRE:-10}
 TIMEOUT=${SSLBENCH_SLURM_TIMEOUT:-60}
-NODES=${SSLBENCH_SLURM_NODES:-1}
+NODES=${SSLBENCH_SLURM_NODES:-}  # unset: the running cluster's count, else 1 (below)
 SUBNET=${SSLBENCH_SLURM_SUBNET:-10.213.0}
 P=${SSLBENCH_SLURM_NET_PREFIX:-sslb}
 CTLD_PORT=$PORT_BASE
@@ -43,8 +44,6 @@ MUNGE_SOCK=$S/munge/munge.socket
 DB_SOCK=$S/mysqlrun/mysqld.sock
 PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 
-case "$NODES" in ''|*[!0-9]*) echo "SSLBENCH_SLURM_NODES=$NODES: expected a number 1..50" >&2; exit 2;; esac
-[ "$NODES" -ge 1 ] && [ "$NODES" -le 50 ] || { echo "SSLBENCH_SLURM_NODES=$NODES: expected 1..50" >&2; exit 2; }
 [[ "$SUBNET" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || { echo "SSLBENCH_SLURM_SUBNET=$SUBNET: expected three octets, e.g. 10.213.0" >&2; exit 2; }
 
 log() { printf '[sslbench-slurm %s] %s\n' "$(date +%T)" "$*"; }
@@ -60,6 +59,12 @@ pid_alive() {
     [ -n "$pid" ] && [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ] \
         && [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]  # a killed, unreaped one
 }
+if [ -z "$NODES" ]; then  # idempotent start/--status of a running cluster of any size
+    NODES=1
+    pid_alive "$S/run/slurmctld.pid" slurmctld && [ -s "$S/run/nodes" ] && NODES=$(tr -dc 0-9 < "$S/run/nodes")
+fi
+case "$NODES" in ''|*[!0-9]*) echo "SSLBENCH_SLURM_NODES=$NODES: expected a number 1..50" >&2; exit 2;; esac
+[ "$NODES" -ge 1 ] && [ "$NODES" -le 50 ] || { echo "SSLBENCH_SLURM_NODES=$NODES: expected 1..50" >&2; exit 2; }
 # name pidfile comm, in start order
 DAEMONS=(
     "munged     $S/munge/munged.pid       munged"
