@@ -52,7 +52,7 @@ from sweeps.spec import (
     split_cli,
 )
 from sweeps.status import collect, format_table, is_done, job_active, last_step
-from trainer.config import ConfigError, preflight
+from trainer.config import ConfigError, DataRootError, preflight
 from trainer.io import FolderLockedError, folder_lock
 
 
@@ -98,6 +98,10 @@ def plan(method: str | None = None, spec: str | Path | None = None, cluster: str
     for run in runs:  # what the schema cannot see: factories, and local devices
         try:
             preflight(run.cfg, device=where == "local")
+        except DataRootError as e:  # before anything is submitted
+            raise SpecError(f"{parsed.path}: run '{run.label}': {e}. Give the folder "
+                            "(data.root=... or the variable named), or train on the embedded "
+                            "Fashion-MNIST with SPEC=sweeps/specs/cpu.yaml") from None
         except ConfigError as e:
             raise SpecError(f"{parsed.path}: run '{run.label}': {e}") from None
     check_eval(evalc, f"{parsed.path}: eval")

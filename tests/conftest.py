@@ -49,3 +49,23 @@ def fmnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return root
+
+
+@pytest.fixture(scope="session")
+def imagenet_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ImageNet-1k folder in the real layout (the 100 ImageNet-100 wnids, one small
+    photograph-like JPEG per class in train/ and val/), for planning the paper specs."""
+    from dataroom.imagenet100 import IMAGENET100_LIST
+    from dataroom.synthetic import write_tree
+
+    root = tmp_path_factory.mktemp("imagenet")
+    wnids = IMAGENET100_LIST.read_text().split()[:100]
+    write_tree(root, {f"{s}/{w}": 1 for s in ("train", "val") for w in wnids}, size=(12, 16))
+    return root
+
+
+@pytest.fixture
+def imagenet_env(imagenet_tree: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``$SSLBENCH_IMAGENET`` set to :func:`imagenet_tree` (what the paper specs read)."""
+    monkeypatch.setenv("SSLBENCH_IMAGENET", str(imagenet_tree))
+    return imagenet_tree

@@ -29,6 +29,7 @@ SOLO_IN100 = {"vicreg": ("lars", 0.3, 1e-4), "barlow_twins": ("lars", 0.3, 1e-4)
               "simsiam": ("sgd", 0.5, 1e-5)}
 
 
+@pytest.mark.usefixtures("imagenet_env")  # imagenet100 reads an ImageNet folder
 @pytest.mark.parametrize("method", METHODS_5)
 @pytest.mark.parametrize("spec", sorted(SPECS))
 def test__every_spec_and_method_plans_builds_and_chains_its_eval(spec, method, tmp_path,
@@ -58,6 +59,7 @@ def test__every_spec_and_method_plans_builds_and_chains_its_eval(spec, method, t
     assert str(sweep.runs[0].folder) in describe(sweep, {sweep.runs[0].key: "new"})
 
 
+@pytest.mark.usefixtures("imagenet_env")
 def test__recipe_details_follow_solo_learn() -> None:
     def cfg(spec: str, method: str):  # noqa: ANN202
         return plan(method, REPO / "sweeps" / "specs" / f"{spec}.yaml", "local", []).runs[0].cfg

@@ -94,6 +94,7 @@ def test__folders_are_named_from_the_resolved_config(tmp_path: Path) -> None:
     assert not {r.folder for r in other.runs} & {r.folder for r in first.runs}
 
 
+@pytest.mark.usefixtures("imagenet_env")  # the paper specs read ImageNet
 @pytest.mark.parametrize("spec", sorted(p.name for p in SPEC_DIR.glob("*.yaml")))
 def test__every_repo_spec_expands(spec: str, tmp_path: Path) -> None:
     methods = available_methods() if spec == "cpu.yaml" else [None]
@@ -104,6 +105,7 @@ def test__every_repo_spec_expands(spec: str, tmp_path: Path) -> None:
             assert {r.cfg.method.name for r in sweep.runs} == {m}
 
 
+@pytest.mark.usefixtures("imagenet_env")
 def test__vicreg_default_spec_is_the_paper_recipe(tmp_path: Path) -> None:
     sweep = launch.plan(method="vicreg", cluster="slurm", root=tmp_path)
     assert sweep.spec.path == SPEC_DIR / "vicreg.yaml" and sweep.name == "vicreg"

@@ -115,6 +115,18 @@ class DataConfig:
     num_samples: int = field(default=0, metadata=at_least(0))
     # held-out images for the online probe / diagnostics
     val_samples: int = field(default=2000, metadata=at_least(1))
+    # --- image-file datasets (imagenet, imagenet100, image_folder, unlabeled_folder) ---
+    # a labelled <val_root>/<class>/<images> folder for the online probe ("" = the set's own
+    # val split; an unlabeled_folder without one trains with the probe off)
+    val_root: str = field(default="", metadata=bookkeeping())
+    # a file of class-folder names (ImageNet-100 style subset)
+    class_list: str = ""
+    # loader processes per rank; -1 = this rank's share of the CPU cores minus one
+    num_workers: int = field(default=-1, metadata=bookkeeping(ge=-1))
+    # where JPEGs are decoded: cpu (loader workers) or gpu (nvJPEG, on the training device)
+    decode: str = field(default="cpu", metadata=one_of("cpu", "gpu"))
+    # stop when more than this fraction of an epoch's images cannot be decoded
+    max_bad_fraction: float = field(default=1e-3, metadata=bookkeeping(ge=0, le=1))
 
 
 @dataclass(frozen=True)
@@ -214,6 +226,10 @@ class RunConfig:
 # the hashed copy instead, so the hash of a config that kept the default is unchanged.
 _DROPPED = {("run_dir",), ("train", "progress"), ("train", "tensorboard"), ("train", "max_steps"),
             ("train", "log_every_steps")}
+
+
+# The image-file settings came later; at their defaults they are left out of the hash.
+_FILE_DATA_KEYS = ("val_root", "class_list", "num_workers", "decode", "max_bad_fraction")
 
 
 def _plain(v: Any) -> Any:
@@ -389,6 +405,9 @@ def config_hash(cfg: RunConfig) -> str:
             node.pop(path[-1], None)
         else:
             node[path[-1]] = default[path[-1]]
+    for key in _FILE_DATA_KEYS:  # at their defaults: hashes match configs that predate them
+        if d["data"].get(key) == defaults["data"][key]:
+            d["data"].pop(key, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
@@ -417,17 +436,43 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def preflight(cfg: RunConfig, *, device: bool = True) -> None:
+class DataRootError(ConfigError):
+    """The dataset's files are missing or malformed (the message names the layout)."""
+
+
+def check_data(cfg: RunConfig) -> None:
+    """The dataset options apply to ``data.name``; a streamed (image-file) set's folder
+    exists and holds its layout (indexed: cached for the run). In-memory sets are read
+    when the run starts.
+
+    Raises:
+        ConfigError: An option that does not apply.
+        DataRootError: Missing, empty or malformed folder.
+    """
+    from dataroom import DatasetError
+    from trainer.datasets import build_train_set, dataset_kwargs, is_streamed
+
+    dataset_kwargs(cfg.data)
+    if is_streamed(cfg.data.name):
+        try:
+            build_train_set(cfg.data)
+        except DatasetError as e:
+            raise DataRootError(f"data.name={cfg.data.name}: {e}") from None
+
+
+def preflight(cfg: RunConfig, *, device: bool = True, data: bool = True) -> None:
     """Checks beyond the schema, made before anything is written (``--dry-run`` too).
 
     Args:
         cfg: A resolved config.
         device: Check that ``train.device`` exists on this machine (False for a sweep
             planned on a SLURM login node for other machines).
+        data: Check the dataset's folder (:func:`check_data`).
 
     Raises:
         ConfigError: No CUDA device for ``train.device=cuda``, or a factory refuses the
             settings (the backbone and method are built on the meta device: no memory).
+        DataRootError: The dataset's folder is missing or malformed.
     """
     import torch
 
@@ -452,6 +497,8 @@ def preflight(cfg: RunConfig, *, device: bool = True) -> None:
         raise ConfigError(f"{cfg.method.name} with backbone {cfg.backbone.name}"
                           f"{'+' + cfg.backbone_b.name if cfg.backbone_b.name else ''}: "
                           f"{e}") from None
+    if data:
+        check_data(cfg)
 
 
 def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:

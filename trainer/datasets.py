@@ -8,9 +8,11 @@ and the Fashion-MNIST file search live in ``dataroom.idx`` (re-exported here).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,10 +23,12 @@ from dataroom.idx import fashion_dir as _fashion_dir
 from dataroom.idx import find_file as _find
 from dataroom.idx import read_idx, write_idx
 
-__all__ = ["DATASETS", "FASHION_MNIST_CLASSES", "ImageSet", "channel_stats", "fashion_mnist",
-           "read_idx", "write_idx"]
+__all__ = ["DATASETS", "FASHION_MNIST_CLASSES", "ImageSet", "StreamSet", "channel_stats",
+           "fashion_mnist", "is_streamed", "read_idx", "register_streamed", "write_idx"]
 
-DATASETS: Registry[Callable[..., ImageSet]] = Registry("dataset")
+# name → factory(root="", split="train", ...) returning an ImageSet (held in memory) or, for
+# the names registered with ``register_streamed``, a StreamSet (read while training).
+DATASETS: Registry[Callable[..., Any]] = Registry("dataset")
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -73,6 +77,96 @@ class ImageSet:
         if not 0 <= n <= len(self):
             raise ValueError(f"subset size {n} is outside [0, {len(self)}]")
         return ImageSet(self.images[:n], self.labels[:n], list(self.classes), self.mean, self.std)
+
+
+@dataclass
+class StreamSet:
+    """A training set read while training, as a stream of ``dataroom.Batch`` (image files;
+    anything that yields batches of pre-cropped uint8 views).
+
+    Attributes:
+        name: Dataset name.
+        num_images: Images of the training split (an epoch draws ``num_images // G`` steps).
+        classes: Class names; empty for an unlabeled set (labels -1).
+        mean: Per-channel mean in [0, 1] for normalisation after the colour augmentation.
+        std: Per-channel std in [0, 1].
+        open: ``open(views=, seed=, global_batch=, rank=, world_size=, start_step=,
+            stop_step=, num_workers=, decode=, device=, local_world_size=)`` → an iterable of
+            this rank's ``dataroom.Batch`` for steps ``start_step..stop_step - 1``, in order,
+            each a function of (seed, step) only (``dataroom.PretrainLoader``'s arguments).
+        val: ``val(crop_size, max_images)`` → labelled held-out images for the online probe,
+            uint8 ``(N, 3, crop, crop)`` (resized and centre-cropped), labels indexing
+            ``val_classes``; ``None`` = no held-out set (the probe is off).
+        val_classes: Class names of ``val``'s labels (= ``classes`` for a labelled set).
+        note: Where the held-out images come from, or why there are none (logged once and
+            recorded in ``config.yaml``).
+        root: The folder read.
+    """
+
+    name: str
+    num_images: int
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    open: Callable[..., Any]
+    val: Callable[[int, int], ImageSet] | None = None
+    val_classes: list[str] = field(default_factory=list)
+    note: str = ""
+    root: str = ""
+
+    def __len__(self) -> int:
+        return self.num_images
+
+
+def register_streamed(name: str) -> Callable[[Callable[..., StreamSet]], Callable[..., StreamSet]]:
+    """Register a factory returning a :class:`StreamSet` under ``name`` in ``DATASETS``.
+
+    The factory takes ``root``, ``split`` and optionally ``class_list`` / ``val_root``
+    keywords (given only when set in the config); it should find and index its files (so
+    ``--dry-run`` validates the root) but decode nothing.
+    """
+
+    def wrap(factory: Callable[..., StreamSet]) -> Callable[..., StreamSet]:
+        factory.streamed = True  # type: ignore[attr-defined]
+        return DATASETS.register(name)(factory)
+
+    return wrap
+
+
+def is_streamed(name: str) -> bool:
+    """Whether the dataset ``name`` is read while training (a :class:`StreamSet`)."""
+    return name in DATASETS and bool(getattr(DATASETS.get(name).factory, "streamed", False))
+
+
+def build_train_set(data: Any, split: str = "train") -> ImageSet | StreamSet:
+    """The dataset ``data.name`` (a ``DataConfig``): its ``split`` as an :class:`ImageSet`,
+    or, for a streamed set, a :class:`StreamSet` of its training files.
+
+    ``data.class_list`` and ``data.val_root`` go to the factories that take them.
+
+    Raises:
+        ConfigError: ``data.class_list`` / ``data.val_root`` given for a dataset without
+            them.
+        dataroom.DatasetError: The files are missing or malformed (the expected layout named).
+    """
+    return DATASETS.get(data.name).factory(**dataset_kwargs(data, split))
+
+
+def dataset_kwargs(data: Any, split: str = "train") -> dict[str, Any]:
+    """The factory keywords of ``data`` (a ``DataConfig``); raises ``ConfigError`` when
+    ``data.class_list`` / ``data.val_root`` is given for a dataset that has neither."""
+    from trainer.schema import ConfigError
+
+    params = inspect.signature(DATASETS.get(data.name).factory).parameters
+    kwargs: dict[str, Any] = {"root": data.root, "split": split}
+    for key in ("class_list", "val_root"):
+        value = getattr(data, key, "")
+        if value:
+            if key not in params:
+                raise ConfigError(f"data.{key} does not apply to data.name={data.name} (only "
+                                  "to image-file datasets)")
+            kwargs[key] = value
+    return kwargs
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -159,3 +253,6 @@ def fashion_mnist(root: str = "", split: str = "train") -> ImageSet:
 
 # The standard SSL benchmarks (CIFAR-10/100, STL-10, ImageNet-100) register themselves.
 from trainer import standard_datasets as _standard  # noqa: E402,F401
+
+# The image-file datasets (ImageNet, image folders), read while training.
+from trainer import file_datasets as _files  # noqa: E402,F401

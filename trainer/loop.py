@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +30,12 @@ from tqdm import tqdm
 
 import methods  # noqa: F401  (fills the registry)
 from backbones import BACKBONES
+from dataroom import BadImageLedger, Batch, ViewSpec
 from methods.base import METHODS, Method, StepOutput
 from methods.dist import all_reduce_mean, is_distributed
 from trainer.augment import EvalTransform, MultiViewAugment, resolve_views
 from trainer.config import RunConfig, config_hash, default_run_dir, preflight
-from trainer.datasets import DATASETS, ImageSet
+from trainer.datasets import ImageSet, StreamSet, build_train_set
 from trainer.diagnostics import MetricsLogger, embedding_stats
 from trainer.dist import DistInfo, convert_sync_bn, init_distributed
 from trainer.io import atomic_torch_save, atomic_write_text, git_sha
@@ -77,8 +80,8 @@ class Run:
     cfg: RunConfig
     info: DistInfo
     run_dir: Path
-    train_set: ImageSet
-    val_set: ImageSet
+    train_set: ImageSet | StreamSet  # held in memory, or read while training (files)
+    val_set: ImageSet | None  # held-out images of the online probe (None: probe off)
     augment: MultiViewAugment
     eval_tf: EvalTransform
     module: TrainModule
@@ -89,6 +92,19 @@ class Run:
     steps_per_epoch: int
     peak_lr: float
     _perm: tuple[int, Tensor] | None = None  # (epoch, its data order), derived, not saved
+    bad_images: BadImageLedger | None = None  # a streamed set's replaced images per epoch
+    probe_note: str = ""  # where the probe's held-out images come from, or why it is off
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the training images are read while training (a :class:`StreamSet`)."""
+        return isinstance(self.train_set, StreamSet)
+
+    @property
+    def probe_fit_on_val(self) -> bool:
+        """An unlabeled training set with labelled held-out images: the probe is fitted on
+        half of them at each epoch end and scored on the other half."""
+        return self.streamed and not self.train_set.classes and self.val_set is not None
 
     def epoch_order(self, epoch: int) -> Tensor:
         """The data order of ``epoch``: a function of (seed, epoch), drawn once per epoch."""
@@ -123,12 +139,20 @@ def _channels_last(cfg: RunConfig, info: DistInfo) -> bool:
 def build_run(cfg: RunConfig, info: DistInfo, run_dir: Path) -> Run:
     """Datasets, augmentation, model, optimizers: everything but the loop."""
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
-    train_set = DATASETS.build(cfg.data.name, root=cfg.data.root, split="train")
-    if cfg.data.num_samples:
-        train_set = train_set.subset(cfg.data.num_samples)
-    val_set = DATASETS.build(cfg.data.name, root=cfg.data.root, split="test")
-    val_set = val_set.subset(min(cfg.data.val_samples, len(val_set)))
+    train_set = build_train_set(cfg.data)
     views = resolve_views(cfg.aug)
+    val_set: ImageSet | None
+    probe_note = ""
+    if isinstance(train_set, StreamSet):
+        probe_note = train_set.note
+        val_set = None
+        if train_set.val is not None and info.is_main:  # only rank 0 scores the probe
+            val_set = train_set.val(views[0].crop_size, cfg.data.val_samples)
+    else:
+        if cfg.data.num_samples:
+            train_set = train_set.subset(cfg.data.num_samples)
+        val_set = build_train_set(cfg.data, split="test")
+        val_set = val_set.subset(min(cfg.data.val_samples, len(val_set)))
     augment = MultiViewAugment(views, train_set.mean, train_set.std).to(info.device)
     eval_tf = EvalTransform(views[0].crop_size, views[0].crop_size, train_set.mean,
                             train_set.std).to(info.device)
@@ -136,7 +160,7 @@ def build_run(cfg: RunConfig, info: DistInfo, run_dir: Path) -> Run:
     method = METHODS.get(cfg.method.name).factory(backbone, cfg.method.cfg)
     if cfg.backbone_b.name:  # unshared branches: view b gets its own network
         method.set_branch_b(BACKBONES.build(cfg.backbone_b.name, **cfg.backbone_b.cfg))
-    module = TrainModule(method, len(train_set.classes))
+    module = TrainModule(method, max(1, len(train_set.classes)))  # 1: unlabeled (unused)
     if info.world_size > 1 and cfg.train.sync_bn:
         module = convert_sync_bn(module, info.device)
     module = module.to(info.device)
@@ -161,8 +185,11 @@ def build_run(cfg: RunConfig, info: DistInfo, run_dir: Path) -> Run:
         raise ValueError(f"train.batch_size={global_batch} exceeds the {len(train_set)} "
                          "training images")
     scaler = torch.amp.GradScaler(info.device.type, enabled=_precision(cfg, info) == "fp16")
+    ledger = (BadImageLedger(steps_per_epoch * global_batch, cfg.data.max_bad_fraction)
+              if isinstance(train_set, StreamSet) else None)
     return Run(cfg, info, run_dir, train_set, val_set, augment, eval_tf, module, model, optimizer,
-               probe_optimizer, scaler, steps_per_epoch, peak_lr(cfg.optim, global_batch))
+               probe_optimizer, scaler, steps_per_epoch, peak_lr(cfg.optim, global_batch),
+               bad_images=ledger, probe_note=probe_note)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -185,6 +212,8 @@ def save_checkpoint(run: Run, step: int) -> None:
         "rng": torch.get_rng_state(),
         "config_hash": config_hash(run.cfg),
     }
+    if run.bad_images is not None:
+        state["bad_images"] = run.bad_images.state_dict()
     atomic_torch_save(state, _checkpoint_path(run.run_dir))
 
 
@@ -203,6 +232,8 @@ def load_checkpoint(run: Run, state: dict[str, Any] | None = None) -> int:
     run.probe_optimizer.load_state_dict(state["probe_optimizer"])
     run.scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"].cpu())
+    if run.bad_images is not None:
+        run.bad_images.load_state_dict(state.get("bad_images", {}))
     log.info("resumed %s at step %d", run.run_dir, state["step"])
     return int(state["step"])
 
@@ -260,9 +291,44 @@ def _batch(run: Run, step: int) -> tuple[list[Tensor], Tensor]:
     return views, y
 
 
-def train_step(run: Run, step: int, total_steps: int) -> tuple[StepOutput, Tensor, Tensor, float]:
-    """One optimisation step; returns the method output, probe logits, labels and lr."""
-    views, y = _batch(run, step)
+def _stream_batch(run: Run, batch: Batch) -> tuple[list[Tensor], Tensor]:
+    """This rank's rows of a streamed step: views already cropped and flipped by the loader
+    (uint8), coloured and normalised on the device with the step's global-batch draws."""
+    cfg, info = run.cfg, run.info
+    global_batch = cfg.train.batch_size
+    batch = batch.to(info.device, non_blocking=True)
+    views = run.augment.colour(batch.views, seed=cfg.train.seed * 1_000_000_007 + batch.step,
+                               global_batch=global_batch,
+                               offset=info.rank * (global_batch // info.world_size))
+    if _channels_last(cfg, info):
+        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    return views, batch.labels
+
+
+def open_stream(run: Run, start: int, stop: int) -> Iterator[Batch]:
+    """This rank's loader batches of steps ``start..stop - 1`` of a streamed set."""
+    cfg, info = run.cfg, run.info
+    assert isinstance(run.train_set, StreamSet)
+    workers = cfg.data.num_workers
+    return run.train_set.open(
+        views=[ViewSpec.of(v) for v in resolve_views(cfg.aug)], seed=cfg.train.seed,
+        global_batch=cfg.train.batch_size, rank=info.rank, world_size=info.world_size,
+        start_step=start, stop_step=stop, num_workers=None if workers < 0 else workers,
+        decode=cfg.data.decode, device=info.device,
+        local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def train_step(run: Run, step: int, total_steps: int, batch: Batch | None = None
+               ) -> tuple[StepOutput, Tensor, Tensor, float]:
+    """One optimisation step; returns the method output, probe logits, labels and lr.
+
+    ``batch``: the loader's batch of ``step`` for a streamed set (None: in memory)."""
+    if batch is None:
+        views, y = _batch(run, step)
+    else:
+        if batch.step != step:
+            raise RuntimeError(f"the loader gave step {batch.step}'s batch at step {step}")
+        views, y = _stream_batch(run, batch)
     factor = lr_factor(run.cfg.optim, step, run.steps_per_epoch, run.cfg.train.epochs)
     lr = set_lr(run.optimizer, run.peak_lr, factor)
     with run.autocast:
@@ -287,7 +353,12 @@ def _check_finite(loss_sum: Tensor, step: int, run: Run) -> None:
 
 @torch.no_grad()
 def probe_val_accuracy(run: Run, batch_size: int = 512) -> float:
-    """Accuracy of the online probe on held-out images (eval-mode backbone)."""
+    """Accuracy of the online probe on held-out images (eval-mode backbone).
+
+    For an unlabeled training set the probe is fitted on the held-out images instead
+    (:func:`fit_probe_on_val`)."""
+    if run.probe_fit_on_val:
+        return fit_probe_on_val(run, batch_size)
     module = run.module
     was_training = module.training
     module.eval()
@@ -300,6 +371,45 @@ def probe_val_accuracy(run: Run, batch_size: int = 512) -> float:
         correct += (module.probe(h.float()).argmax(1) == y).sum().item()
     module.train(was_training)
     return correct / max(len(run.val_set), 1)
+
+
+@torch.no_grad()
+def _val_features(run: Run, batch_size: int) -> Tensor:
+    module = run.module
+    was_training = module.training
+    module.eval()
+    feats = []
+    for i in range(0, len(run.val_set), batch_size):
+        x = run.val_set.images[i:i + batch_size].to(run.info.device)
+        with run.autocast:
+            feats.append(module.method.backbone(run.eval_tf(x)).float())
+    module.train(was_training)
+    return torch.cat(feats)
+
+
+def fit_probe_on_val(run: Run, batch_size: int = 512, steps: int = 300) -> float:
+    """Top-1 of a linear probe fitted on the even-numbered held-out images (evenly spread
+    over the classes) and scored on the odd ones; frozen eval-mode features, standardised,
+    zero-initialised full-batch Adam: deterministic, and no draw from the run's RNG."""
+    assert run.val_set is not None
+    h, y = _val_features(run, batch_size), run.val_set.labels.to(run.info.device)
+    fit, score = slice(0, None, 2), slice(1, None, 2)
+    if len(y[score]) == 0:
+        return 0.0
+    mu, sd = h[fit].mean(0), h[fit].std(0, unbiased=False).clamp_min(1e-6)
+    h = (h - mu) / sd
+    weight = torch.zeros(len(run.val_set.classes), h.shape[1], device=h.device,
+                         requires_grad=True)
+    bias = torch.zeros(len(run.val_set.classes), device=h.device, requires_grad=True)
+    opt = torch.optim.Adam([weight, bias], lr=0.01, weight_decay=1e-4)
+    with torch.enable_grad():
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(h[fit] @ weight.T + bias, y[fit]).backward()
+            opt.step()
+    with torch.no_grad():
+        pred = (h[score] @ weight.T + bias).argmax(1)
+    return (pred == y[score]).float().mean().item()
 
 
 class _EpochMeter:
@@ -335,8 +445,12 @@ def _epoch_end(run: Run, meter: _EpochMeter, logger: MetricsLogger, epoch: int, 
                lr: float) -> dict[str, float]:
     z = torch.cat(meter.embeddings)[-run.cfg.train.diag_samples:]
     record = {"epoch": epoch, "lr": lr, **meter.means(), **embedding_stats(z)}
-    if run.info.is_main:
+    if run.bad_images is not None:
+        record["bad_images"] = run.bad_images.count(epoch - 1)
+    if run.info.is_main and run.val_set is not None:
         record["probe_val_acc"] = probe_val_accuracy(run)
+    elif run.streamed and run.val_set is None:
+        record["probe"] = "off"
     logger.log("epoch", step, record)
     return record
 
@@ -346,10 +460,13 @@ def train(cfg: RunConfig) -> Path:
 
     Raises:
         ConfigError: The config cannot run here (no CUDA device, a factory refuses it).
+        dataroom.DatasetError: The dataset's files are missing or malformed (before step 0).
+        dataroom.TooManyBadImages: More of an epoch's images could not be decoded than
+            ``data.max_bad_fraction`` allows (the first bad files are listed).
         RunFolderError: The folder holds another experiment's weights or a damaged file.
         FolderLockedError: Another process trains in the folder.
     """
-    preflight(cfg)  # before anything is written
+    preflight(cfg, data=False)  # before anything is written (the data: in build_run)
     info = init_distributed(cfg.train.device)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
     run = build_run(cfg, info, run_dir)
@@ -359,6 +476,10 @@ def train(cfg: RunConfig) -> Path:
                 "precision": _precision(cfg, info), "peak_lr": run.peak_lr,
                 "steps_per_epoch": run.steps_per_epoch, "total_steps": total_steps,
                 "train_images": len(run.train_set)}
+    if run.streamed:
+        resolved["probe"] = run.probe_note
+        if info.is_main:
+            log.info("%s", run.probe_note)
     with contextlib.ExitStack() as held:  # rank 0 holds the folder's lock until the end
         state = claim_run_dir(held, run_dir, cfg, info, resolved, stop, total_steps)
         start = load_checkpoint(run, state)
@@ -382,9 +503,18 @@ def _loop(run: Run, start: int, stop: int, total_steps: int) -> None:
     loss_sum = torch.zeros((), device=info.device)
     run.model.train()
     t0, lr = time.perf_counter(), 0.0
+    # a streamed set: the loader restarts at ``start`` (its batches are functions of
+    # (seed, step)); bad images are counted here and summed over ranks when logged
+    stream = iter(open_stream(run, start, stop)) if run.streamed else None
+    pending_bad: dict[int, int] = {}
     try:
         for step in range(start, stop):
-            out, logits, y, lr = train_step(run, step, total_steps)
+            batch = next(stream) if stream is not None else None
+            if batch is not None:
+                pending_bad[batch.epoch] = pending_bad.get(batch.epoch, 0) + batch.num_bad
+                if batch.bad:
+                    run.bad_images.add(batch.epoch, 0, batch.bad)  # this rank's paths
+            out, logits, y, lr = train_step(run, step, total_steps, batch)
             loss_sum = loss_sum + out.loss.detach()
             meter.add(out, logits, y)
             done = step + 1
@@ -393,12 +523,16 @@ def _loop(run: Run, start: int, stop: int, total_steps: int) -> None:
                                                  and done % cfg.train.ckpt_every_steps == 0)
             if save or done % cfg.train.log_every_steps == 0:
                 _check_finite(loss_sum, done, run)  # before logging; never save a NaN state
+                bad = {}
+                if run.bad_images is not None:  # stops above data.max_bad_fraction
+                    bad = {"bad_images": _count_bad(run, pending_bad, step // run.steps_per_epoch)}
                 ips = (done - start) * cfg.train.batch_size / (time.perf_counter() - t0)
                 parts = {k: v.item() for k, v in out.logs.items()}
                 logger.log("step", done, {"loss": out.loss.item(), "lr": lr, "img_per_s": ips,
-                                          **parts})
+                                          **parts, **bad})
                 bar.set_postfix(loss=f"{out.loss.item():.3f}", img_s=f"{ips:.0f}",
-                                **{k: f"{v:.3g}" for k, v in parts.items()})
+                                **{k: f"{v:.3g}" for k, v in parts.items()},
+                                **{"bad": v for v in bad.values()})
             bar.update(1)
             if epoch_end:
                 _epoch_end(run, meter, logger, done // run.steps_per_epoch, done, lr)
@@ -406,7 +540,26 @@ def _loop(run: Run, start: int, stop: int, total_steps: int) -> None:
             if save:
                 save_checkpoint(run, done)
     finally:
+        del stream  # a streamed set's loader workers end here
         bar.close()
         logger.close()
     if is_distributed():
         torch.distributed.barrier()
+
+
+def _count_bad(run: Run, pending: dict[int, int], epoch: int) -> int:
+    """Add the bad images counted since the last call (summed over ranks) to the ledger,
+    stop above ``data.max_bad_fraction`` (``TooManyBadImages``), and return ``epoch``'s
+    count. Every rank calls it at the same steps."""
+    assert run.bad_images is not None
+    if pending:
+        epochs = sorted(pending)
+        counts = torch.tensor([pending[e] for e in epochs], dtype=torch.int64,
+                              device=run.info.device)
+        if is_distributed():
+            torch.distributed.all_reduce(counts)
+        for e, n in zip(epochs, counts.tolist()):
+            run.bad_images.add(e, n)
+            run.bad_images.check(e)
+        pending.clear()
+    return run.bad_images.count(epoch)

@@ -8,12 +8,11 @@ pretrains); its 100,000 unlabeled images stay memory-mapped (a
 :class:`dataroom.arrays.RowStack`: each step gathers its rows and swaps H/W). ``test`` is
 the held-out split of the online probe.
 
-``imagenet100`` is registered so that configs naming it validate; its images are files,
-read by the data room's file loader (``dataroom.open_files("imagenet100", ...)``), not by
-this in-memory path.
+``imagenet100`` (image files, read while training) is registered in
+``trainer.file_datasets``.
 
 Roots: ``data.root``, else ``$SSLBENCH_CIFAR10`` / ``$SSLBENCH_CIFAR100`` /
-``$SSLBENCH_STL10`` (``$SSLBENCH_IMAGENET`` for ImageNet-100), else ``datasets/<name>``
+``$SSLBENCH_STL10``, else ``datasets/<name>``
 and ``~/.cache/sslbench/<name>``; a missing or malformed set is a one-line error naming
 the expected layout.
 """
@@ -25,8 +24,6 @@ import torch
 
 from dataroom.arrays import ImageArrays, RowStack
 from dataroom.cifar import NORMALIZATION, read_cifar
-from dataroom.imagenet100 import IMAGENET100_LAYOUT
-from dataroom.readers import DatasetError
 from dataroom.stl10 import NORMALIZATION as STL10_NORMALIZATION
 from dataroom.stl10 import read_stl10
 from trainer.datasets import DATASETS, ImageSet
@@ -74,12 +71,3 @@ def stl10(root: str = "", split: str = "train") -> ImageSet:
     """
     names = {"train": "train+unlabeled", "labelled": "train"}
     return _image_set(read_stl10(root, names.get(split, split)), STL10_NORMALIZATION)
-
-
-@DATASETS.register("imagenet100")
-def imagenet100(root: str = "", split: str = "train") -> ImageSet:
-    """ImageNet-100 is read from image files by the file loader, never held in memory."""
-    raise DatasetError(
-        "imagenet100 is read from image files by the data room's file loader "
-        "(dataroom.open_files('imagenet100', root, split)); the trainer's in-memory path "
-        f"cannot hold it. Its layout: {IMAGENET100_LAYOUT}")

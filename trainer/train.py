@@ -1,7 +1,8 @@
 """Command line: ``python -m trainer.train [-c diff.yaml ...] [--dry-run] key=value ...``.
 
-Exit status: 0 done (or already finished), 1 the run stopped (a NaN loss), 2 a mistake in
-the input (config, run folder, damaged checkpoint), printed as one line.
+Exit status: 0 done (or already finished), 1 the run stopped (a NaN loss, too many
+undecodable images), 2 a mistake in the input (config, dataset folder, run folder, damaged
+checkpoint), printed as one line.
 """
 
 from __future__ import annotations
@@ -31,15 +32,17 @@ def main(config: list[str], overrides: list[str], dry_run: bool = False) -> int:
         print(yaml.safe_dump({"run_dir": str(run_dir), "config_hash": config_hash(cfg),
                               "config": cfg.to_dict()}, sort_keys=False))
         return 0
+    from dataroom import DatasetError, TooManyBadImages
     from trainer.loop import NonFiniteLossError, train  # heavy imports only when training
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         out = train(dataclasses.replace(cfg, run_dir=str(run_dir)))
-    except (ConfigError, RunFolderError, FolderLockedError, DamagedFileError) as e:
+    except (ConfigError, RunFolderError, FolderLockedError, DamagedFileError,
+            DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, TooManyBadImages) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"run folder: {out}")
