@@ -136,10 +136,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         t_mem = timed(lambda i: train_step(memory_run, i, total), a.warmup, a.steps, a.device)
         loader = open_stream(run, 0, total)
         workers = getattr(loader, "num_workers", None)
-        stream = iter(loader)
-        t_files = timed(lambda i: train_step(run, i, total, next(stream)), a.warmup, a.steps,
+        batches = iter(loader)
+        t_files = timed(lambda i: train_step(run, i, total, next(batches)), a.warmup, a.steps,
                         a.device)
-        del stream, loader
+        batches = loader = None  # the loader's workers end here
     mem_ips, file_ips = a.batch * a.steps / t_mem, a.batch * a.steps / t_files
     result = {
         "schema": SCHEMA,

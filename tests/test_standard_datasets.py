@@ -55,9 +55,16 @@ def test__stl10_pretrains_on_train_plus_unlabeled(stl_root) -> None:
     assert isinstance(test.images, torch.Tensor) and test.images.shape == (10, 3, 96, 96)
 
 
-def test__imagenet100_points_to_the_file_loader() -> None:
-    with pytest.raises(DatasetError, match=r"imagenet100 is read from image files .*"
-                                           r"open_files\('imagenet100'"):
+def test__imagenet100_is_read_from_image_files(imagenet_tree: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """No longer a placeholder: the file loader's stream of the 100 classes."""
+    monkeypatch.delenv("SSLBENCH_IMAGENET", raising=False)
+    from trainer.datasets import StreamSet, is_streamed
+
+    stream = DATASETS.build("imagenet100", root=str(imagenet_tree), split="train")
+    assert is_streamed("imagenet100") and isinstance(stream, StreamSet)
+    assert stream.num_images == 100 and len(stream.classes) == 100 and stream.val is not None
+    with pytest.raises(DatasetError, match=r"\$SSLBENCH_IMAGENET"):
         DATASETS.build("imagenet100", root="", split="train")
 
 

@@ -201,7 +201,8 @@ def test__too_many_bad_images_stop_the_run_listing_them(tmp_path: Path) -> None:
     args = small(tmp_path / "r", *folder(tmp_path / "data"), "train.log_every_steps=4")
     with pytest.raises(TooManyBadImages) as e:
         train(load_config(overrides=args))
-    assert all(str(p) in str(e.value) for p in bad) and "data.max_bad_fraction=0.001" in str(e.value)
+    message = str(e.value)
+    assert all(str(p) in message for p in bad) and "data.max_bad_fraction=0.001" in message
     proc = subprocess.run([sys.executable, "-m", "trainer.train", *small(tmp_path / "cli",
                            *folder(tmp_path / "data"), "train.log_every_steps=4")],
                           capture_output=True, text=True, timeout=300)
@@ -240,31 +241,65 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
                           text=True, timeout=300, env=env)
 
 
-@pytest.mark.parametrize("dry", [True, False])
-def test__missing_or_empty_root_is_one_line_naming_the_layout(tmp_path: Path, dry: bool) -> None:
+def _inproc(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    from trainer.train import cli
+
+    code = cli(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test__missing_or_empty_root_is_one_line_naming_the_layout(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "empty").mkdir()
-    flag = ["--dry-run"] if dry else []
-    for root, what in ((tmp_path / "nowhere", "does not exist"),
-                       (tmp_path / "empty", "does not exist")):
-        proc = _cli(*flag, *small(tmp_path / "r", *folder(root)))
-        assert proc.returncode == 2, proc.stderr
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and what in lines[0] and "<root>/<split>/<class>" in lines[0]
+    proc = _cli(*small(tmp_path / "r", *folder(tmp_path / "nowhere")))  # a real run, no traceback
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "nowhere/train does not exist" in line and "<root>/<split>/<class>" in line
     assert not (tmp_path / "r").exists()  # nothing written before step 0
-    env = {k: v for k, v in os.environ.items() if k != "SSLBENCH_IMAGENET"}
-    proc = _cli(*flag, *small(tmp_path / "r", "data.name=imagenet"), env=env)
-    assert proc.returncode == 2 and "$SSLBENCH_IMAGENET" in proc.stderr
-    assert "train/<wnid>/*.JPEG" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    proc = _cli(*flag, *small(tmp_path / "r", "data.name=unlabeled_folder",
-                              f"data.root={tmp_path / 'empty'}"))
-    assert proc.returncode == 2 and "no images found" in proc.stderr
+    for flag in ([], ["--dry-run"]):
+        code, _, err = _inproc(capsys, *flag, *small(tmp_path / "r", *folder(tmp_path / "empty")))
+        assert code == 2 and len(err.strip().splitlines()) == 1
+        assert "empty/train does not exist" in err and "<root>/<split>/<class>" in err
+    monkeypatch.delenv("SSLBENCH_IMAGENET", raising=False)
+    code, _, err = _inproc(capsys, "--dry-run", *small(tmp_path / "r", "data.name=imagenet"))
+    assert code == 2 and "$SSLBENCH_IMAGENET" in err and "train/<wnid>/*.JPEG" in err
+    assert len(err.strip().splitlines()) == 1
+    code, _, err = _inproc(capsys, "--dry-run", *small(
+        tmp_path / "r", "data.name=unlabeled_folder", f"data.root={tmp_path / 'empty'}"))
+    assert code == 2 and "no images found" in err and "<root>/**/<images>" in err
+    assert not (tmp_path / "r").exists()
 
 
-def test__dry_run_validates_the_dataset(jpeg_tree: Path, tmp_path: Path) -> None:
-    ok = _cli("--dry-run", *small(tmp_path / "r", *folder(jpeg_tree)))
-    assert ok.returncode == 0, ok.stderr
-    assert yaml.safe_load(ok.stdout)["config"]["data"]["root"] == str(jpeg_tree)
-    bad = _cli("--dry-run", *small(tmp_path / "r", "data.name=imagenett"))
-    assert bad.returncode == 2 and "imagenet, imagenet100" in bad.stderr
-    opt = _cli("--dry-run", "data.class_list=x.txt")  # fashion_mnist has no classes to pick
-    assert opt.returncode == 2 and "data.class_list does not apply" in opt.stderr
+def test__dry_run_validates_the_dataset(jpeg_tree: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture) -> None:
+    code, out, err = _inproc(capsys, "--dry-run", *small(tmp_path / "r", *folder(jpeg_tree)))
+    assert code == 0, err
+    assert yaml.safe_load(out)["config"]["data"]["root"] == str(jpeg_tree)
+    code, _, err = _inproc(capsys, "--dry-run", *small(tmp_path / "r", "data.name=imagenett"))
+    assert code == 2 and "imagenet, imagenet100" in err
+    code, _, err = _inproc(capsys, "--dry-run", "data.class_list=x.txt")  # fashion_mnist
+    assert code == 2 and "data.class_list does not apply" in err
+    code, _, err = _inproc(capsys, "--dry-run", *small(tmp_path / "r", *folder(jpeg_tree),
+                                                       f"data.class_list={tmp_path / 'no.txt'}"))
+    assert code == 2 and "class list" in err and "no.txt" in err
+
+
+def test__paper_spec_without_imagenet_stops_before_submitting(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``make sweep METHOD=vicreg`` without a data folder: never Fashion-MNIST, never a job."""
+    from sweeps import launch
+
+    monkeypatch.delenv("SSLBENCH_IMAGENET", raising=False)
+    for flag in (["--dry-run"], []):
+        code = launch.cli(["--method", "vicreg", "--cluster", "local", "--root", str(tmp_path),
+                           *flag])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1
+        assert "data.name=imagenet" in err and "$SSLBENCH_IMAGENET" in err
+        assert "train/<wnid>/*.JPEG" in err and "SPEC=sweeps/specs/cpu.yaml" in err
+    code = launch.cli(["--method", "simsiam", "--cluster", "local", "--root", str(tmp_path),
+                       "--dry-run", f"data.root={tmp_path / 'nowhere'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "nowhere/train does not exist" in err and "SPEC=sweeps" in err
+    assert not list(tmp_path.iterdir())  # nothing planned on disk, nothing submitted

@@ -96,12 +96,29 @@ def _describe_holder(text: str) -> str:
         return "another process (its details are not written yet)"
 
 
+_HELD_LOCKS: set[int] = set()  # this process's folder-lock descriptors
+
+
+def _drop_held_locks_in_child() -> None:
+    # A forked child (a DataLoader worker) shares the lock's open file; were it to keep
+    # its copy, a SIGKILLed holder's orphaned workers would hold the folder until they
+    # noticed. Closing the child's copy leaves the lock to the parent alone.
+    for fd in tuple(_HELD_LOCKS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_held_locks_in_child)
+
+
 @contextlib.contextmanager
 def folder_lock(folder: Path, what: str, enabled: bool = True) -> Iterator[None]:
     """Hold ``<folder>/.lock`` (``fcntl.flock``) for the duration; one holder at a time.
 
     The kernel drops the lock when the holder exits, however it exits (``SIGKILL``
-    included), so a killed run never leaves its folder stuck. The file keeps the last
+    included), so a killed run never leaves its folder stuck (forked children, e.g. loader
+    workers that outlive a killed holder for a few seconds, close their copy at fork). The file keeps the last
     holder's pid, host, job id and start time, which a refused process prints.
 
     Args:
@@ -132,8 +149,10 @@ def folder_lock(folder: Path, what: str, enabled: bool = True) -> Iterator[None]
                 "what": what, "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        _HELD_LOCKS.add(fd)
         yield
     finally:
+        _HELD_LOCKS.discard(fd)
         os.close(fd)  # releases the lock
 
 

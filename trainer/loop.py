@@ -532,7 +532,7 @@ def _loop(run: Run, start: int, stop: int, total_steps: int) -> None:
                                           **parts, **bad})
                 bar.set_postfix(loss=f"{out.loss.item():.3f}", img_s=f"{ips:.0f}",
                                 **{k: f"{v:.3g}" for k, v in parts.items()},
-                                **{"bad": v for v in bad.values()})
+                                **({"bad": bad["bad_images"]} if bad else {}))
             bar.update(1)
             if epoch_end:
                 _epoch_end(run, meter, logger, done // run.steps_per_epoch, done, lr)
