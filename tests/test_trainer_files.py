@@ -76,6 +76,13 @@ def test__jpeg_folder_trains_with_loader_workers(jpeg_tree: Path, tmp_path: Path
     assert "bad_images" in torch.load(run / "checkpoint.pth", weights_only=True)
 
 
+def test__gpu_decode_path_trains_on_the_cpu_device(jpeg_tree: Path, tmp_path: Path) -> None:
+    """``data.decode=gpu``: the device decoder's logic, run on the CPU device."""
+    run = train(load_config(overrides=small(tmp_path / "r", *folder(jpeg_tree), "data.decode=gpu",
+                                            "train.epochs=1")))
+    assert [r["bad_images"] for r in records(run)] == [0]
+
+
 def test__stop_mid_epoch_and_resume_is_bit_identical_across_worker_counts(
         jpeg_tree: Path, tmp_path: Path) -> None:
     straight = train(load_config(overrides=small(tmp_path / "a", *folder(jpeg_tree))))
@@ -280,6 +287,9 @@ def test__dry_run_validates_the_dataset(jpeg_tree: Path, tmp_path: Path,
     assert code == 2 and "imagenet, imagenet100" in err
     code, _, err = _inproc(capsys, "--dry-run", "data.class_list=x.txt")  # fashion_mnist
     assert code == 2 and "data.class_list does not apply" in err
+    code, _, err = _inproc(capsys, "--dry-run", *small(tmp_path / "r", *folder(jpeg_tree),
+                                                       "data.num_samples=10"))
+    assert code == 2 and "data.num_samples applies to in-memory datasets" in err
     code, _, err = _inproc(capsys, "--dry-run", *small(tmp_path / "r", *folder(jpeg_tree),
                                                        f"data.class_list={tmp_path / 'no.txt'}"))
     assert code == 2 and "class list" in err and "no.txt" in err

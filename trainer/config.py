@@ -454,6 +454,10 @@ def check_data(cfg: RunConfig) -> None:
 
     dataset_kwargs(cfg.data)
     if is_streamed(cfg.data.name):
+        if cfg.data.num_samples:
+            raise ConfigError(f"data.num_samples applies to in-memory datasets, not to the "
+                              f"image files of data.name={cfg.data.name} (select classes with "
+                              "data.class_list)")
         try:
             build_train_set(cfg.data)
         except DatasetError as e:

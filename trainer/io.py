@@ -118,8 +118,9 @@ def folder_lock(folder: Path, what: str, enabled: bool = True) -> Iterator[None]
 
     The kernel drops the lock when the holder exits, however it exits (``SIGKILL``
     included), so a killed run never leaves its folder stuck (forked children, e.g. loader
-    workers that outlive a killed holder for a few seconds, close their copy at fork). The file keeps the last
-    holder's pid, host, job id and start time, which a refused process prints.
+    workers that outlive a killed holder for a few seconds, close their copy at fork). The
+    file keeps the last holder's pid, host, job id and start time, which a refused process
+    prints.
 
     Args:
         folder: The folder (created if missing).
