@@ -447,6 +447,8 @@ def _epoch_end(run: Run, meter: _EpochMeter, logger: MetricsLogger, epoch: int, 
     record = {"epoch": epoch, "lr": lr, **meter.means(), **embedding_stats(z)}
     if run.bad_images is not None:
         record["bad_images"] = run.bad_images.count(epoch - 1)
+    if run.streamed and not run.train_set.classes:
+        del record["probe_train_acc"]  # an unlabeled set: the probe never trains on it
     if run.info.is_main and run.val_set is not None:
         record["probe_val_acc"] = probe_val_accuracy(run)
     elif run.streamed and run.val_set is None:
