@@ -12,8 +12,11 @@ model, method, batch and crop, on the same images:
   in-memory path of CIFAR/STL-10/Fashion-MNIST.
 
 The ratio ``files / memory`` says whether the loader is the bottleneck: near 1, the
-model step is; well below 1, the loader is. The sides run one after the other (memory
-first), each after ``--warmup`` untimed steps; images/s = batch × timed steps / seconds.
+model step is; well below 1, the loader is. After ``--warmup`` untimed steps of each side,
+the sides alternate in ``--rounds`` blocks of ``--steps`` steps (memory, files, memory,
+files, …: drift of a shared machine's load hits both); images/s of a block = batch × steps
+/ seconds, reported as the median over rounds, with every block's rate. While a memory
+block runs, the loader's workers prefetch at most ``2 × workers`` batches, then wait.
 The result (JSON) goes to ``--out`` (default ``benchmarks/results/train-files-vs-memory-
 <device>-<date>.json``). Never a timed test: a script run by hand.
 
@@ -31,6 +34,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -63,7 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--projector", default="512-512", help="method.projector (small on CPU)")
     p.add_argument("--crop", type=int, default=224)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=6, help="timed steps per side")
+    p.add_argument("--steps", type=int, default=6, help="timed steps per block")
+    p.add_argument("--rounds", type=int, default=3, help="timed blocks per side")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--workers", type=int, default=-1, help="loader processes (-1: cores − 1)")
     p.add_argument("--device", default="cpu")
@@ -91,13 +96,12 @@ def held(root: Path) -> ImageSet:
                     (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-def timed(step: Any, warmup: int, steps: int, device: str) -> float:
+def timed(step: Any, first: int, steps: int, device: str) -> float:
+    """Seconds of steps ``first..first + steps - 1``, synchronised."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    for i in range(warmup):
-        step(i)
     sync()
     t0 = time.perf_counter()
-    for i in range(warmup, warmup + steps):
+    for i in range(first, first + steps):
         step(i)
     sync()
     return time.perf_counter() - t0
@@ -119,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(a.folder) if a.folder else Path(tmp) / "jpegs"
         write_images(root, a.images, a.classes, (h, w))
-        total = a.warmup + a.steps
+        total = a.warmup + a.rounds * a.steps
         cfg = load_config(overrides=[
             "data.name=image_folder", f"data.root={root}", f"data.num_workers={a.workers}",
             f"method.name={a.method}", f"method.projector={a.projector}",
@@ -129,18 +133,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "train.progress=false", "train.tensorboard=false", "data.val_samples=1",
             f"run_dir={Path(tmp) / 'run'}"])
         run = build_run(cfg, init_distributed(a.device), Path(tmp) / "run")
-        if total > run.steps_per_epoch:
-            raise SystemExit(f"--warmup + --steps = {total} exceed the {run.steps_per_epoch} "
-                             "steps of one epoch: write more --images")
         memory_run = dataclasses.replace(run, train_set=held(root), bad_images=None)
-        t_mem = timed(lambda i: train_step(memory_run, i, total), a.warmup, a.steps, a.device)
         loader = open_stream(run, 0, total)
         workers = getattr(loader, "num_workers", None)
         batches = iter(loader)
-        t_files = timed(lambda i: train_step(run, i, total, next(batches)), a.warmup, a.steps,
-                        a.device)
+        sides = {"memory": lambda i: train_step(memory_run, i, total),
+                 "files": lambda i: train_step(run, i, total, next(batches))}
+        rates: dict[str, list[float]] = {k: [] for k in sides}
+        for step in sides.values():
+            timed(step, 0, a.warmup, a.device)
+        for r in range(a.rounds):
+            for name, step in sides.items():
+                seconds = timed(step, a.warmup + r * a.steps, a.steps, a.device)
+                rates[name].append(round(a.batch * a.steps / seconds, 2))
         batches = loader = None  # the loader's workers end here
-    mem_ips, file_ips = a.batch * a.steps / t_mem, a.batch * a.steps / t_files
+    mem_ips, file_ips = statistics.median(rates["memory"]), statistics.median(rates["files"])
     result = {
         "schema": SCHEMA,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -149,6 +156,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "gpu": torch.cuda.get_device_name() if a.device.startswith("cuda") else None},
         "settings": {k: v for k, v in vars(a).items() if k not in ("out", "folder")},
         "loader_workers": workers,
+        "rounds_img_per_s": rates,
         "memory_img_per_s": round(mem_ips, 2),
         "files_img_per_s": round(file_ips, 2),
         "files_over_memory": round(file_ips / mem_ips, 3),
