@@ -313,3 +313,21 @@ def test__paper_spec_without_imagenet_stops_before_submitting(
     err = capsys.readouterr().err
     assert code == 2 and "nowhere/train does not exist" in err and "SPEC=sweeps" in err
     assert not list(tmp_path.iterdir())  # nothing planned on disk, nothing submitted
+
+
+def test__files_vs_memory_benchmark_runs_at_toy_size(tmp_path: Path) -> None:
+    """A smoke run of benchmarks/train_files_vs_memory.py (no timing is checked)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import train_files_vs_memory as bench
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "r.json"
+    result = bench.main(["--images", "32", "--classes", "2", "--size", "40x48", "--crop", "16",
+                         "--backbone", "tiny_cnn", "--projector", "16-16", "--batch", "8",
+                         "--steps", "1", "--rounds", "2", "--warmup", "1", "--workers", "0",
+                         "--folder", str(tmp_path / "jpegs"), "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["schema"] == "sslbench.train_files_vs_memory/1" and saved == result
+    assert all(len(v) == 2 and min(v) > 0 for v in saved["rounds_img_per_s"].values())
+    assert saved["files_over_memory"] > 0 and saved["loader_workers"] == 0
