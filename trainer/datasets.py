@@ -1,4 +1,6 @@
-"""In-memory image datasets, registered by name.
+"""Pretraining datasets, registered by name: in memory (:class:`ImageSet`) or read while
+training (:class:`StreamSet`, registered with :func:`register_streamed`; the image-file
+sets are in ``trainer.file_datasets``).
 
 The pretraining loop slices batches straight out of a uint8 tensor (no DataLoader
 workers), so a dataset is an :class:`ImageSet`: all images, labels, class names and

@@ -9,6 +9,12 @@ Everything random is a function of (seed, epoch, step): the data order of an epo
 and the augmentation of a step are re-derived on resume, so a killed run resumes
 to bit-identical weights on CPU, and N processes see exactly the global batch and
 augmentations that one process would.
+
+The data come from a registered dataset: an in-memory ``ImageSet`` (each step slices its
+rows and crops on the device) or a ``StreamSet`` (image files: its loader yields each
+step's ``dataroom.Batch`` of pre-cropped uint8 views, restarted at the resume step, and
+the device adds the colour augmentation; replaced images are counted per epoch and the
+count is checkpointed).
 """
 
 from __future__ import annotations
