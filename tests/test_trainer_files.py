@@ -201,6 +201,17 @@ def test__bad_images_are_counted_per_epoch(tmp_path: Path) -> None:
     assert records(run, "step")[-1]["bad_images"] == 2
     ledger = torch.load(run / "checkpoint.pth", weights_only=True)["bad_images"]
     assert ledger["counts"] == {"0": 2, "1": 2}
+    # stopped mid-epoch 1 and resumed: the epoch's count so far comes back from the checkpoint
+    split = tmp_path / "s"
+    args = small(split, *folder(tmp_path / "data"), "data.max_bad_fraction=0.05")
+    train(load_config(overrides=[*args, "train.max_steps=7"]))
+    mid = torch.load(split / "checkpoint.pth", weights_only=True)
+    # both bad files of epoch 1 fall in its first 3 steps: the resumed step 7 draws none, so
+    # epoch 1's count of 2 below can only come from the checkpoint
+    assert mid["step"] == 7 and mid["bad_images"]["counts"]["1"] == 2
+    train(load_config(overrides=args))
+    assert [r["bad_images"] for r in records(split)] == [2, 2]
+    assert torch.load(split / "checkpoint.pth", weights_only=True)["bad_images"] == ledger
 
 
 def test__too_many_bad_images_stop_the_run_listing_them(tmp_path: Path) -> None:
