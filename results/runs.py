@@ -24,7 +24,7 @@ MANIFEST = "sweep.json"
 # them under ``identity_excludes``, which :meth:`Sweep.varying` ignores as well).
 IGNORED_KEYS = ("run_dir", "train.seed", "train.progress", "train.tensorboard", "train.device",
                 "train.max_steps", "train.log_every_steps", "train.ckpt_every_steps",
-                "data.root")
+                "data.root", "data.val_root", "data.num_workers", "data.max_bad_fraction")
 
 
 @dataclass
