@@ -260,11 +260,11 @@ def _read_exact(f: IO[bytes], n: int) -> bytes:
     return b"".join(chunks)
 
 
-def _skip(f: IO[bytes], n: int, seekable: bool) -> int:
-    """Skip ``n`` bytes; returns how many could be skipped (short at the end of the file)."""
-    if seekable:
+def _skip(f: IO[bytes], n: int, end: int | None) -> int:
+    """Skip ``n`` bytes (``seek`` when the stream's ``end`` is known); returns how many could
+    be skipped (short at the end of the stream)."""
+    if end is not None:
         pos = f.tell()
-        end = f.seek(0, os.SEEK_END)
         f.seek(min(pos + n, end))
         return min(n, end - pos)
     done = 0
@@ -291,9 +291,9 @@ def iter_members(f: IO[bytes], where: str, want: Any = None) -> Iterator[Member]
             other than a regular file or directory.
     """
     try:
-        seekable = f.seekable()
-    except (AttributeError, OSError):
-        seekable = False
+        end = os.fstat(f.fileno()).st_size if f.seekable() else None
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        end = None
     offset = 0
     while True:
         head = _read_exact(f, BLOCK)
@@ -326,11 +326,11 @@ def iter_members(f: IO[bytes], where: str, want: Any = None) -> Iterator[Member]
             if len(data) < size:
                 raise ShardError(f"{where}: truncated inside member {name} "
                                  f"({len(data)} of {size} bytes)")
-            if _skip(f, padded - size, seekable) < padded - size:
+            if _skip(f, padded - size, end) < padded - size:
                 raise ShardError(f"{where}: truncated after member {name}")
         else:
             data = None
-            if _skip(f, padded, seekable) < padded:
+            if _skip(f, padded, end) < padded:
                 raise ShardError(f"{where}: truncated inside member {name}")
         offset += padded
         yield Member(name, size, data)
