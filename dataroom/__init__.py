@@ -22,6 +22,11 @@ Modules:
     imagenet100: the CMC / solo-learn 100-class list (``lists/imagenet100.txt``) over an
         ImageNet root.
     synthetic: photograph-like images and trees in the exact formats (tests, benchmarks).
+    shards: tar shards in the WebDataset layout (``key.jpg`` + ``key.cls``): the writer
+        (``python -m dataroom.shards write|verify``), ``manifest.json``, the tar reader.
+    stream: :class:`ShardLoader`, the pretraining loader over shards (local or ``pipe:``),
+        split over ranks then workers, deterministic and resumable per (seed, step) for a
+        given world size and worker count; yields the same :class:`Batch` objects.
 
 The interface the trainer calls (the loop keeps its step counter, schedule and
 checkpoints; everything here is a function of (seed, step), so nothing of the loader
@@ -80,13 +85,17 @@ from dataroom.readers import (
     imagenet_subset,
     unlabeled_folder,
 )
+from dataroom.shards import ShardError, load_manifest
 from dataroom.stl10 import read_stl10
+from dataroom.stream import ShardLoader
 
 __all__ = [
     "DECODE_ERRORS", "FOLDER_DATASETS", "IMAGE_EXTENSIONS", "IMAGENET100_LIST",
     "BadImageLedger", "Batch", "DatasetError", "DecodeError", "FileSet", "ImageArrays",
-    "PathTable", "PretrainLoader", "RowStack", "StepBatchSampler", "TooManyBadImages",
+    "PathTable", "PretrainLoader", "RowStack", "ShardError", "ShardLoader",
+    "StepBatchSampler", "TooManyBadImages",
     "ViewSpec", "ViewsDataset", "bad_fraction_error", "epoch_order", "image_folder",
-    "imagenet", "imagenet100", "imagenet_root", "imagenet_subset", "index_tree", "load_rgb",
+    "imagenet", "imagenet100", "imagenet_root", "imagenet_subset", "index_tree",
+    "load_manifest", "load_rgb",
     "open_files", "read_cifar", "read_stl10", "unlabeled_folder",
 ]

@@ -351,3 +351,16 @@ def test_views_match_the_file_decoder_geometry(shards: Path) -> None:
               [bool(g[1][0]) for g in geo], [16, 12], ["bicubic"] * 2, outs)
     for v in range(2):
         assert np.array_equal(b.views[v][0].numpy(), outs[v])
+
+
+def test_shard_speed_benchmark_writes_its_report(tmp_path: Path) -> None:
+    from benchmarks.shard_speed import main as bench
+
+    out = tmp_path / "r.json"
+    report = bench(["--photos", "none", "--images", "8", "--height", "40", "--width", "56",
+                    "--batch", "4", "--rounds", "1", "--out", str(out)])
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "sslbench.shard_speed/1" == report["schema"]
+    assert set(doc["results"]) == {"files", "shards", "shards_pipe", "files_read",
+                                   "shards_read"}
+    assert all(r["images_per_round"] == 8 for r in doc["results"].values())
