@@ -4,7 +4,8 @@ The same JPEGs (written as an ImageFolder by ``loader_speed.make_images``, then 
 with ``dataroom.shards``, bytes copied) are read by:
 
 - **files**: ``dataroom.PretrainLoader`` over the folder (one ``open`` + ``read`` per
-  image, random order over the whole set);
+  image, random order over the whole set), its files indexed in the shards' order so that
+  each image gets the same crops as in the shard pipelines;
 - **shards**: ``dataroom.stream.ShardLoader`` over the shards (sequential reads of a few
   tars, shuffle buffer);
 - **shards_pipe**: the same through ``pipe:cat <shard>`` (a subprocess per shard, bytes
@@ -45,6 +46,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python benchmarks/shard_speed.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np
 import torch
 
 from benchmarks.loader_speed import PHOTO_DIR, machine, make_images
@@ -98,10 +100,14 @@ def _run(make: Callable[[int], Iterable], r: int) -> tuple[int, float, float]:
 
 
 def run_benchmark(folder: Path, shards: Path, *, size: int = 224, batch: int = 32,
-                  rounds: int = 5, seed: int = 0, shuffle_buffer: int = 256
-                  ) -> dict[str, Any]:
+                  rounds: int = 5, seed: int = 0, shuffle_buffer: int = 256,
+                  write_seed: int = 0) -> dict[str, Any]:
     views = [ViewSpec(crop_size=size)] * 2
+    # The folder's files in the shards' order (the writer's permutation): image p of both
+    # sets is the same file, so every image gets the same crops in both pipelines (the crop
+    # is a function of (seed, epoch, index, view)) and only the reading differs.
     files = image_folder(folder, "train")
+    files = files.subset(np.random.default_rng(write_seed).permutation(len(files)), "train")
     n_steps = len(files) // batch
     common = dict(seed=seed, global_batch=batch, stop_step=(rounds + 1) * n_steps,
                   num_workers=0)

@@ -364,3 +364,18 @@ def test_shard_speed_benchmark_writes_its_report(tmp_path: Path) -> None:
     assert set(doc["results"]) == {"files", "shards", "shards_pipe", "files_read",
                                    "shards_read"}
     assert all(r["images_per_round"] == 8 for r in doc["results"].values())
+
+
+def test_stl10_train_plus_unlabeled_keeps_minus_one_labels(tmp_path: Path) -> None:
+    from dataroom.synthetic_sets import write_tiny_stl10
+
+    root = write_tiny_stl10(tmp_path / "stl", train=6, test=2, unlabeled=8)
+    out = tmp_path / "s"
+    assert main(["write", "stl10", str(out), "--root", str(root), "--split",
+                 "train+unlabeled", "-q"]) == 0
+    m = verify(out)
+    assert m.num_samples == 14 and m.meta["split"] == "train+unlabeled"
+    assert m.shards[0].name.startswith("train_unlabeled-")
+    batches = stream(out, global_batch=7, stop_step=2)
+    labels = torch.cat([b.labels for b in batches])
+    assert (labels == -1).sum() == 8 and labels.max() < 10
