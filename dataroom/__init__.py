@@ -85,9 +85,21 @@ from dataroom.readers import (
     imagenet_subset,
     unlabeled_folder,
 )
-from dataroom.shards import ShardError, load_manifest
 from dataroom.stl10 import read_stl10
-from dataroom.stream import ShardLoader
+
+_LAZY = {"ShardError": "dataroom.shards", "load_manifest": "dataroom.shards",
+         "ShardLoader": "dataroom.stream"}
+
+
+def __getattr__(name: str) -> object:
+    # Imported on first use, so that `python -m dataroom.shards` runs a module not yet
+    # imported by the package (runpy warns otherwise).
+    if name in _LAZY:
+        import importlib  # noqa: PLC0415
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'dataroom' has no attribute {name!r}")
+
 
 __all__ = [
     "DECODE_ERRORS", "FOLDER_DATASETS", "IMAGE_EXTENSIONS", "IMAGENET100_LIST",
