@@ -144,7 +144,8 @@ def manifest_path(root: str | Path) -> Path:
     return root if root.is_file() else root / MANIFEST
 
 
-def load_manifest(root: str | Path, check_files: bool = True) -> Manifest:
+def load_manifest(root: str | Path, check_files: bool = True,
+                  text: str | None = None) -> Manifest:
     """Read and check a manifest.
 
     Args:
@@ -152,17 +153,18 @@ def load_manifest(root: str | Path, check_files: bool = True) -> Manifest:
         check_files: Also check the folder: every listed shard present with the listed
             size, and no ``*.tar`` that the manifest does not list (set False when the
             shards are read through a URL, not from this folder).
+        text: The manifest's text, already fetched (``root`` then only names it).
 
     Raises:
         ShardError: No or malformed manifest, a bad shard name, a missing shard, a shard
             of another size than listed, a shard in the folder missing from the manifest.
     """
-    path = manifest_path(root)
-    if not path.is_file():
+    path = Path(root) if text is not None else manifest_path(root)
+    if text is None and not path.is_file():
         raise ShardError(f"no shard manifest at {path}: write the shards with "
                          "`python -m dataroom.shards write SOURCE OUT`")
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(path.read_text() if text is None else text)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ShardError(f"{path}: not a readable JSON manifest ({e})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:

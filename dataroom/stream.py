@@ -74,7 +74,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from dataroom.decode import DecodeError, cut_views, fill_fallback, open_image
 from dataroom.geometry import view_geometry
 from dataroom.loader import Batch, ViewSpec, _identity, default_num_workers, worker_init
-from dataroom.shards import Manifest, ShardError, iter_samples, load_manifest
+from dataroom.shards import MANIFEST, Manifest, ShardError, iter_samples, load_manifest
 
 DEFAULT_BUFFER = 1000
 
@@ -150,6 +150,26 @@ def _kill_group(proc: subprocess.Popen) -> None:
             break
         except subprocess.TimeoutExpired:
             continue
+
+
+def open_manifest(root: str | Path, url: str | None = None) -> tuple[Manifest, str | None]:
+    """The manifest of ``root`` and the shard URL template to read with.
+
+    ``root`` is a shard folder or manifest file (shards next to it, or at ``url``), or a
+    ``pipe:`` template naming the whole set (``pipe:aws s3 cp s3://b/set/{name} -``): the
+    manifest is read by running it for ``manifest.json``.
+    """
+    text = str(root)
+    if not text.startswith("pipe:"):
+        return load_manifest(root, check_files=url is None), url
+    if url is not None and url != text:
+        raise ShardError("a pipe: root already names the shards' URL; give no other url")
+    with open_url(shard_url(text, Path("."), MANIFEST)) as f:
+        data = f.read()
+    if not data:
+        raise ShardError(f"{text}: the command printed no manifest for {MANIFEST}")
+    return load_manifest(text, check_files=False,
+                         text=data.decode("utf-8", "replace")), text
 
 
 # ---------------------------------------------------------------------------------------
@@ -396,7 +416,9 @@ class ShardLoader:
     from a shard set; the interface of :class:`~dataroom.pretrain.PretrainLoader`.
 
     Args:
-        root: The shard folder or its ``manifest.json``.
+        root: The shard folder or its ``manifest.json``; or a ``pipe:`` URL template (the
+            manifest is then fetched by the same command with ``{name}`` =
+            ``manifest.json``, and the shards likewise).
         views: One :class:`ViewSpec` per view.
         seed: Run seed (shard order, buffer draws, crops, flips).
         global_batch: Rows per step over all ranks.
@@ -428,7 +450,7 @@ class ShardLoader:
                  local_world_size: int = 1) -> None:
         if decode != "cpu":
             raise ValueError(f"shard streams decode on the CPU only (data.decode={decode!r})")
-        self.manifest = load_manifest(root, check_files=url is None)
+        self.manifest, url = open_manifest(root, url)
         workers = default_num_workers(local_world_size) if num_workers is None else num_workers
         if slots is None:
             slots = max(1, workers)

@@ -221,6 +221,8 @@ def test_pipe_url_matches_local_files(shards: Path) -> None:
     piped = stream(shards, slots=2, url=f"pipe:cat {shards}/{{name}}")
     same_batches(local, piped)
     same_batches(local, stream(shards / MANIFEST, slots=2, url=f"{shards}/{{name}}"))
+    # the whole set named by one pipe: template (manifest fetched by the same command)
+    same_batches(local, stream(f"pipe:cat {shards}/{{name}}", slots=2))
 
 
 def test_pipe_command_failure_is_reported(shards: Path, tmp_path: Path) -> None:
