@@ -490,4 +490,11 @@ class ShardLoader:
         return max(0, self.stop_step - self.start_step)
 
     def __iter__(self) -> Iterator[Batch]:
-        yield from self.loader
+        try:
+            yield from self.loader
+        except ShardError as e:  # from a worker: its message, without the traceback text
+            text = str(e)
+            if "Original Traceback" not in text:
+                raise
+            last = [line for line in text.splitlines() if line.strip()][-1]
+            raise ShardError(last.split("ShardError: ", 1)[-1]) from None
