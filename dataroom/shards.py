@@ -460,8 +460,11 @@ def open_source(source: str, root: str = "", split: str = "train",
 
     def file_item(i: int) -> tuple[str, bytes, int]:
         path = files.paths[i]
-        with open(path, "rb") as f:
-            return "jpg", f.read(), int(files.labels[i])
+        try:
+            with open(path, "rb") as f:
+                return "jpg", f.read(), int(files.labels[i])
+        except OSError as e:  # copied as-is, so a bad image is the loader's to count
+            raise DatasetError(f"{path}: cannot read ({e.strerror or e})") from None
 
     return _Source(len(files), file_item, list(files.classes),
                    {"dataset": name, "split": files.split, "source": files.root,

@@ -436,8 +436,8 @@ class ShardLoader:
             manifest's folder.
         device: The training device (pinning).
         prefetch_factor: Batches in flight per worker.
-        decode: Only ``"cpu"`` (the device decoder needs random access to the bytes it
-            rereads for substitutes; not wired for streams).
+        decode: Only ``"cpu"`` (the device decoder is not wired for streams; anything else
+            raises :class:`ShardError`).
         local_world_size: Processes on this node (for the default worker count).
     """
 
@@ -449,7 +449,10 @@ class ShardLoader:
                  prefetch_factor: int = 2, decode: str = "cpu",
                  local_world_size: int = 1) -> None:
         if decode != "cpu":
-            raise ValueError(f"shard streams decode on the CPU only (data.decode={decode!r})")
+            raise ShardError(f"shard streams decode on the CPU only: data.decode={decode!r} "
+                             "is not supported for them (use data.decode=cpu)")
+        if shuffle_buffer < 1:
+            raise ValueError(f"shuffle_buffer must be at least 1, got {shuffle_buffer}")
         self.manifest, url = open_manifest(root, url)
         workers = default_num_workers(local_world_size) if num_workers is None else num_workers
         if slots is None:

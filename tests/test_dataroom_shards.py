@@ -382,3 +382,8 @@ def test_stl10_train_plus_unlabeled_keeps_minus_one_labels(tmp_path: Path) -> No
     batches = stream(out, global_batch=7, stop_step=2)
     labels = torch.cat([b.labels for b in batches])
     assert (labels == -1).sum() == 8 and labels.max() < 10
+
+
+def test_device_decode_is_refused_clearly(shards: Path) -> None:
+    with pytest.raises(ShardError, match="CPU only"):
+        ShardLoader(shards, VIEWS, seed=0, global_batch=6, num_workers=0, decode="gpu")
