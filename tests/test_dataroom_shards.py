@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -248,6 +249,9 @@ def test_pipe_process_group_is_killed_when_the_reader_stops(shards: Path,
     stream(shards, url=url, stop_step=2)
     groups = {int(pid) for pid in pids.read_text().split()}
     assert len(groups) >= 2
+    deadline = time.time() + 10  # signalled: give the members time to exit
+    while live_members(groups) and time.time() < deadline:
+        time.sleep(0.05)
     assert not live_members(groups)
 
 
