@@ -33,10 +33,10 @@ samples still to come: the batches from k on are bit-identical to the uninterrup
 
 What changes with the world size or the worker count: the slots (3.), so which samples
 share a batch, the order within the epoch and which samples are dropped at its end. The
-set of samples per epoch (all but N − T·G), each sample's crop and flip in an epoch, the
-number of steps per epoch and the per-step colour draws do not. A run resumed with another
-W or K is a valid run with another data order, not a bit-identical continuation (the file
-loader, a global permutation cut by rank, keeps its order for any K, but not for any W).
+number of samples and steps per epoch, each sample's crop and flip in an epoch and the
+per-step colour draws do not. A run resumed with another W or K is a valid run with another
+data order, not a bit-identical continuation (the file loader, one global permutation cut
+by rank, keeps the same global batches for any W and K: random access makes that cheap).
 ``slots = max(1, num_workers)``: 0 and 1 workers give the same stream.
 
 Bad input: a missing, extra or resized shard fails when the loader is built
