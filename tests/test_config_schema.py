@@ -34,7 +34,7 @@ BAD = [
     ("optim.lr_scaling=log", "optim.lr_scaling='log'"),
     ("aug.recipe=nosuch", "aug.recipe='nosuch' is not allowed; expected one of byol, mocov2"),
     ("data.name=nosuch", "data.name='nosuch' is not allowed; expected one of cifar10, cifar100, "
-                         "fashion_mnist, image_folder, imagenet, imagenet100, stl10, "
+                         "fashion_mnist, image_folder, imagenet, imagenet100, shards, stl10, "
                          "unlabeled_folder"),
     ("method.projector=abc", "method.projector='abc' is not allowed: expected widths"),
     ("method.projector=64-0", "method.projector='64-0'"),

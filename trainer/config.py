@@ -115,7 +115,7 @@ class DataConfig:
     num_samples: int = field(default=0, metadata=at_least(0))
     # held-out images for the online probe / diagnostics
     val_samples: int = field(default=2000, metadata=at_least(1))
-    # --- image-file datasets (imagenet, imagenet100, image_folder, unlabeled_folder) ---
+    # --- image-file datasets (imagenet, imagenet100, image_folder, unlabeled_folder; shards) ---
     # a labelled <val_root>/<class>/<images> folder for the online probe ("" = the set's own
     # val split; an unlabeled_folder without one trains with the probe off)
     val_root: str = field(default="", metadata=bookkeeping())

@@ -256,4 +256,5 @@ def fashion_mnist(root: str = "", split: str = "train") -> ImageSet:
 # The standard SSL benchmarks (CIFAR-10/100, STL-10, ImageNet-100) register themselves.
 # The image-file datasets (ImageNet, image folders), read while training.
 from trainer import file_datasets as _files  # noqa: E402,F401
+from trainer import shard_datasets as _shards  # noqa: E402,F401  (data.name=shards)
 from trainer import standard_datasets as _standard  # noqa: E402,F401

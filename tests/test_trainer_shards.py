@@ -1,0 +1,95 @@
+"""The trainer on tar shards (``data.name=shards``): a run with loader workers, SIGKILL
+mid-epoch then resume to bit-identical weights, and the refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dataroom.shards import open_source, write_shards
+from dataroom.synthetic import write_tree
+from tests.test_trainer import assert_bit_identical, final_state
+from trainer.config import load_config
+from trainer.loop import train
+
+CLASSES = ("apple", "boat", "cloud", "dog")
+BATCH, SPE = 16, 4  # 64 training images: 4 steps per epoch
+
+
+def small(run_dir: Path, *extra: str) -> list[str]:
+    return [f"run_dir={run_dir}", "backbone.name=tiny_cnn", "backbone.width=4",
+            "method.projector=32-32", "aug.crop_size=16", f"train.batch_size={BATCH}",
+            "train.epochs=2", "train.ckpt_every_steps=3", "train.log_every_steps=2",
+            "train.progress=false", "train.tensorboard=false", "train.device=cpu",
+            "data.val_samples=16", "data.num_workers=0", *extra]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("jpegs")
+    write_tree(root, {**{f"train/{c}": 16 for c in CLASSES}, **{f"val/{c}": 4 for c in CLASSES}},
+               size=(40, 48))
+    return root
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("shards") / "set"
+    write_shards(open_source(str(tree)), out, shard_size=20_000)
+    return out
+
+
+def test__shards_train_with_loader_workers_and_a_probe(shard_dir: Path, tree: Path,
+                                                       tmp_path: Path) -> None:
+    run = train(load_config(overrides=small(
+        tmp_path / "r", "data.name=shards", f"data.root={shard_dir}", "data.num_workers=2",
+        f"data.val_root={tree / 'val'}")))
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    epochs = [r for r in map(json.loads, lines) if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    assert all(r["bad_images"] == 0 and 0 <= r["probe_val_acc"] <= 1 for r in epochs)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["train_images"] == 64 and saved["steps_per_epoch"] == SPE
+
+
+def test__killed_process_resumes_mid_epoch_on_shards_to_identical_weights(
+        shard_dir: Path, tmp_path: Path) -> None:
+    """tests/test_trainer.py's kill test, on shards read by two loader workers."""
+    extra = ("data.name=shards", f"data.root={shard_dir}", "train.epochs=3",
+             "data.num_workers=2")
+    straight = train(load_config(overrides=small(tmp_path / "a", *extra)))
+    killed = tmp_path / "k"
+    args = small(killed, *extra, "train.ckpt_every_steps=3")
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen([sys.executable, "-m", "trainer.train", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt = killed / "checkpoint.pth"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = torch.load(ckpt, weights_only=True)["step"]
+    assert 0 < step < 3 * SPE, "the process should have been killed mid-run"
+    assert not (killed / "backbone.pth").exists()
+    train(load_config(overrides=args))
+    assert_bit_identical(final_state(straight), final_state(killed))
+
+
+def test__bad_shard_root_is_one_line_exit_2(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "trainer.train", "--dry-run",
+                           *small(tmp_path / "r", "data.name=shards",
+                                  f"data.root={tmp_path / 'none'}")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "no shard manifest" in err[0]
