@@ -2,6 +2,8 @@
 
     python -m sweeps.probe collapse                       # runs/collapse: every finished run
     python -m sweeps.probe runs/collapse --random-init --labelled 10000
+    python -m sweeps.probe demo_search --holdout 10000    # validation, not test
+
 
 For each run with a ``backbone.pth``: the battery's fast linear protocol and kNN (k = 20,
 T = 0.07) on the frozen, pooled features of the first ``labelled`` training images of the
@@ -12,6 +14,11 @@ run's own dataset, tested on its test split. The result goes to ``<run>/probe.js
 embeddings, effective rank (uncentred and centred), and the online probe. ``--random-init``
 adds a row per architecture: the same backbone at its initialisation, the baseline that a
 collapsed run falls to (or below).
+
+``--holdout N`` tests on the last ``N`` training images instead of the test split: a
+validation split for choosing a recipe without looking at test. The run must not have
+pretrained on them (``data.num_samples`` at most the training set minus ``N``), and the
+probes still fit on the first ``labelled`` images.
 
 The linear protocol: a softmax head on standardised features, a grid of learning rates and
 weight decays trained in one pass, the cell chosen on a held-out 10 % of the labelled
@@ -65,17 +72,44 @@ def probe_backbone(backbone: torch.nn.Module, train: ImageSet, test: ImageSet,
     return {"linear": linear, "knn": knn, "chosen": chosen}
 
 
-def labelled_splits(cfg: RunConfig, labelled: int) -> tuple[ImageSet, ImageSet, int]:
+def labelled_splits(cfg: RunConfig, labelled: int,
+                    holdout: int = 0) -> tuple[ImageSet, ImageSet, int]:
     """The first ``labelled`` labelled training images, the test split and the crop of a run
-    (a set that pretrains on unlabeled images too, label -1, e.g. STL-10's, skips them)."""
+    (a set that pretrains on unlabeled images too, label -1, e.g. STL-10's, skips them).
+
+    ``holdout`` > 0: the last ``holdout`` training images replace the test split (a
+    validation split); a :class:`ConfigError` if the run pretrained on any of them or the
+    fit images would overlap them.
+    """
     full = DATASETS.build(cfg.data.name, root=cfg.data.root, split="train")
-    test = DATASETS.build(cfg.data.name, root=cfg.data.root, split="test")
     crop = cfg.aug.views[0].crop_size if cfg.aug.views else cfg.aug.crop_size
+    if holdout:
+        return (*_holdout_splits(cfg, full, labelled, holdout), crop)
+    test = DATASETS.build(cfg.data.name, root=cfg.data.root, split="test")
     if bool((full.labels < 0).any()):
         keep = (full.labels >= 0).nonzero().flatten()[:labelled]
         return (ImageSet(full.images[keep], full.labels[keep], full.classes, full.mean,
                          full.std), test, crop)
     return full.subset(min(labelled, len(full))), test, crop
+
+
+def _holdout_splits(cfg: RunConfig, full: ImageSet, labelled: int,
+                    holdout: int) -> tuple[ImageSet, ImageSet]:
+    n = len(full)
+    if bool((full.labels < 0).any()):
+        raise ConfigError(f"--holdout: {cfg.data.name}'s training split has unlabeled images; "
+                          "hold out a labelled split instead")
+    if not 0 < holdout < n or labelled > n - holdout:
+        raise ConfigError(f"--holdout {holdout} with --labelled {labelled}: {cfg.data.name} has "
+                          f"{n} training images; the fit and held-out images must not overlap")
+    seen = cfg.data.num_samples or n
+    if seen > n - holdout:
+        raise ConfigError(
+            f"--holdout {holdout}: the run pretrained on the first {seen} of {n} training "
+            f"images, which includes held-out ones; pretrain with data.num_samples<={n - holdout}")
+    rest = ImageSet(full.images[n - holdout:], full.labels[n - holdout:], full.classes,
+                    full.mean, full.std)
+    return full.subset(labelled), rest
 
 
 def last_epoch(run_dir: Path) -> dict[str, Any]:
@@ -84,11 +118,14 @@ def last_epoch(run_dir: Path) -> dict[str, Any]:
     return (run.last_epoch() if run else None) or {}
 
 
-def probe_run(run_dir: Path, labelled: int, force: bool = False) -> dict[str, Any]:
-    """Probe ``run_dir/backbone.pth``, or reuse its ``probe.json`` when still current."""
+def probe_run(run_dir: Path, labelled: int, force: bool = False,
+              holdout: int = 0) -> dict[str, Any]:
+    """Probe ``run_dir/backbone.pth``, or reuse its probe file when still current."""
     ckpt = run_dir / "backbone.pth"
     key = {"labelled": labelled, "backbone_sha256": file_sha256(ckpt)}
-    saved = run_dir / PROBE_FILE
+    if holdout:
+        key["holdout"] = holdout
+    saved = run_dir / (f"probe_holdout{holdout}.json" if holdout else PROBE_FILE)
     if saved.exists() and not force:
         try:
             body = json.loads(saved.read_text())
@@ -97,16 +134,16 @@ def probe_run(run_dir: Path, labelled: int, force: bool = False) -> dict[str, An
         if isinstance(body, dict) and all(body.get(k) == v for k, v in key.items()):
             return body
     cfg = load_saved_config(run_dir / "config.yaml")
-    train, test, crop = labelled_splits(cfg, labelled)
+    train, test, crop = labelled_splits(cfg, labelled, holdout)
     backbone, _ = load_backbone(ckpt)
     body = {**key, **probe_backbone(backbone, train, test, crop), "num_test": len(test)}
     atomic_write_text(saved, json.dumps(body, indent=1) + "\n")
     return body
 
 
-def random_init_probe(cfg: RunConfig, labelled: int) -> dict[str, Any]:
+def random_init_probe(cfg: RunConfig, labelled: int, holdout: int = 0) -> dict[str, Any]:
     """The probes of ``cfg``'s backbone at its initialisation (seeded by the run's seed)."""
-    train, test, crop = labelled_splits(cfg, labelled)
+    train, test, crop = labelled_splits(cfg, labelled, holdout)
     torch.manual_seed(cfg.train.seed)
     backbone = BACKBONES.build(cfg.backbone.name, **cfg.backbone.cfg).eval()
     return probe_backbone(backbone, train, test, crop)
@@ -118,7 +155,8 @@ def _cell(value: Any, digits: int) -> str:
     return f"{value:.{digits}f}"
 
 
-def format_table(rows: list[tuple[str, dict[str, Any], dict[str, Any]]], labelled: int) -> str:
+def format_table(rows: list[tuple[str, dict[str, Any], dict[str, Any]]], labelled: int,
+                 holdout: int = 0) -> str:
     """Markdown: one row per (label, last-epoch diagnostics, probe result)."""
     lines = ["| run | std | std-l2 | rank (centred) | online probe | linear | kNN |",
              "|---|--:|--:|--:|--:|--:|--:|"]
@@ -130,14 +168,17 @@ def format_table(rows: list[tuple[str, dict[str, Any], dict[str, Any]]], labelle
             f"| {label} | {_cell(diag.get('std_mean'), 4)} | {_cell(diag.get('std_l2'), 4)} "
             f"| {rank} | {_cell(online * 100 if online is not None else None, 1)} "
             f"| {_cell(probe.get('linear'), 1)} | {_cell(probe.get('knn'), 1)} |")
-    lines.append(f"\n(linear, kNN: frozen backbone, top-1 % on the test split, fit on "
+    split = (f"the last {holdout} training images (held out from pretraining)" if holdout
+             else "the test split")
+    lines.append(f"\n(linear, kNN: frozen backbone, top-1 % on {split}, fit on "
                  f"{labelled} labelled training images; the rest: the last epoch's "
                  f"diagnostics of the embeddings and the online probe)")
     return "\n".join(lines)
 
 
 def probe_sweep(sweep_dir: Path, labelled: int, random_init: bool = False,
-                force: bool = False) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+                force: bool = False,
+                holdout: int = 0) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     """Probe every finished run of ``sweep_dir``; rows for :func:`format_table`."""
     runs = manifest.load(sweep_dir).get("runs", {})
     rows, baselines = [], {}
@@ -147,19 +188,20 @@ def probe_sweep(sweep_dir: Path, labelled: int, random_init: bool = False,
         if not (run_dir / "backbone.pth").exists():
             continue  # not finished (sweep-status says why)
         label = entry.get("label", key)
-        rows.append((label, last_epoch(run_dir), probe_run(run_dir, labelled, force)))
+        rows.append((label, last_epoch(run_dir), probe_run(run_dir, labelled, force, holdout)))
         if random_init:
             cfg = load_saved_config(run_dir / "config.yaml")
             arch = json.dumps([cfg.backbone.name, cfg.backbone.cfg, cfg.data.name,
                                cfg.train.seed], sort_keys=True)
             if arch not in baselines:
                 baselines[arch] = (f"random init: {cfg.backbone.name} {cfg.backbone.cfg} "
-                                   f"seed={cfg.train.seed}", random_init_probe(cfg, labelled))
+                                   f"seed={cfg.train.seed}",
+                                   random_init_probe(cfg, labelled, holdout))
     return rows + [(label, {}, probe) for label, probe in baselines.values()]
 
 
 def main(sweeps: list[str], root: str = "runs", labelled: int = 10_000,
-         random_init: bool = False, force: bool = False) -> int:
+         random_init: bool = False, force: bool = False, holdout: int = 0) -> int:
     """Probe and print the named sweeps (all sweeps under ``root`` if none)."""
     try:
         dirs = find_sweeps(sweeps, Path(root))
@@ -169,7 +211,7 @@ def main(sweeps: list[str], root: str = "runs", labelled: int = 10_000,
     code = 0
     for d in dirs:
         try:
-            rows = probe_sweep(d, labelled, random_init, force)
+            rows = probe_sweep(d, labelled, random_init, force, holdout)
         except (manifest.ManifestError, ConfigError) as e:
             print(f"error: {e}", file=sys.stderr)
             code = 2
@@ -177,7 +219,7 @@ def main(sweeps: list[str], root: str = "runs", labelled: int = 10_000,
         if not rows:
             print(f"sweep {d}: no finished run (make sweep-status SWEEP={d})")
             continue
-        print(f"\nsweep {d}\n{format_table(rows, labelled)}")
+        print(f"\nsweep {d}\n{format_table(rows, labelled, holdout)}")
     return code
 
 
@@ -191,6 +233,9 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--random-init", action="store_true",
                         help="add each architecture at its initialisation as a baseline")
     parser.add_argument("--force", action="store_true", help="probe again, ignore probe.json")
+    parser.add_argument("--holdout", type=int, default=0, metavar="N",
+                        help="test on the last N training images (a validation split the run "
+                             "did not pretrain on) instead of the test split")
     args = parser.parse_args(argv)
     return main(**vars(args))
 

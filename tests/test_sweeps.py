@@ -515,3 +515,26 @@ def test__demo_compares_pretrained_random_init_and_raw_pixels(fmnist_root: Path,
     assert rows["vicreg pretrained"] != rows["same backbone, random init"]
     out = capsys.readouterr().out
     assert "probes fit on 128 labelled training images, evaluated on 128 test images" in out
+
+
+def test__probe_holdout_is_the_tail_of_the_training_set_unseen_in_pretraining(
+        fmnist_root: Path) -> None:
+    from sweeps import probe
+    from trainer.config import ConfigError, load_config
+    from trainer.datasets import DATASETS
+
+    full = DATASETS.build("fashion_mnist", root=str(fmnist_root), split="train")  # 256 images
+    cfg = load_config(overrides=[f"data.root={fmnist_root}", "data.num_samples=192",
+                                 "aug.crop_size=28"])
+    fit, held, crop = probe.labelled_splits(cfg, 128, holdout=64)
+    assert crop == 28 and len(fit) == 128 and len(held) == 64
+    assert torch.equal(fit.images, full.images[:128])
+    assert torch.equal(held.images, full.images[192:]) and torch.equal(held.labels,
+                                                                        full.labels[192:])
+    assert held.mean == full.mean  # normalised like the training images
+    for bad, labelled, why in (("data.num_samples=0", 128, "pretrained on the first 256"),
+                               ("data.num_samples=193", 128, "data.num_samples<=192"),
+                               ("data.num_samples=192", 200, "must not overlap")):
+        cfg = load_config(overrides=[f"data.root={fmnist_root}", bad])
+        with pytest.raises(ConfigError, match=why):
+            probe.labelled_splits(cfg, labelled, holdout=64)
