@@ -43,9 +43,8 @@ def pretrain(overrides: list[str]) -> Path:
     """Launch the demo spec through the sweep launcher (local processes), with progress."""
     import threading
 
-    from tqdm import tqdm
-
     from sweeps.launch import launch, plan
+    from trainer.progress import progress_bar
 
     cpus = f"slurm.cpus_per_task={os.cpu_count() or 1}"
     sweep = plan(spec=SPEC, cluster="local", overrides=[cpus, *overrides])
@@ -55,7 +54,7 @@ def pretrain(overrides: list[str]) -> Path:
     worker = threading.Thread(target=lambda: result.setdefault("rc", launch(sweep, wait=True)))
     worker.start()
     metrics = run.folder / "metrics.jsonl"
-    with tqdm(desc=f"pretraining {run.folder.name}", unit="step") as bar:
+    with progress_bar(desc=f"pretraining {run.folder.name}", unit="step") as bar:
         while worker.is_alive():
             worker.join(timeout=2.0)
             if total is None and (run.folder / "config.yaml").exists():
@@ -67,10 +66,9 @@ def pretrain(overrides: list[str]) -> Path:
                 steps = [r for r in steps if r.get("kind") == "step"]
                 if steps:
                     last = steps[-1]
-                    bar.n = last["step"]
                     bar.set_postfix(loss=f"{last['loss']:.2f}",
-                                    img_s=f"{last.get('img_per_s', 0):.0f}")
-                    bar.refresh()
+                                    img_s=f"{last.get('img_per_s', 0):.0f}", refresh=False)
+                    bar.update(last["step"] - bar.n)  # prints once, at most every interval
     if result.get("rc", 1) != 0 or not (run.folder / "backbone.pth").exists():
         raise SystemExit(f"[demo] pretraining failed; see `make sweep-status SWEEP={sweep.name}` "
                          f"and {sweep.logs}")

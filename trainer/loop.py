@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 import methods  # noqa: F401  (fills the registry)
 from backbones import BACKBONES
@@ -46,6 +45,7 @@ from trainer.diagnostics import MetricsLogger, embedding_stats
 from trainer.dist import DistInfo, convert_sync_bn, init_distributed
 from trainer.io import atomic_torch_save, atomic_write_text, git_sha
 from trainer.optim import build_optimizer, lr_factor, peak_lr, scaled_step, set_lr
+from trainer.progress import progress_bar
 from trainer.rundir import claim_run_dir, read_checkpoint
 
 log = logging.getLogger("sslbench.trainer")
@@ -505,8 +505,8 @@ def train(cfg: RunConfig) -> Path:
 def _loop(run: Run, start: int, stop: int, total_steps: int) -> None:
     cfg, info = run.cfg, run.info
     logger = MetricsLogger(run.run_dir, info.is_main, cfg.train.tensorboard)
-    bar = tqdm(total=stop, initial=start, disable=not (info.is_main and cfg.train.progress),
-               desc=run.run_dir.name, dynamic_ncols=True)
+    bar = progress_bar(total=stop, initial=start,
+                       disable=not (info.is_main and cfg.train.progress), desc=run.run_dir.name)
     meter = _EpochMeter(cfg.train.diag_samples)
     loss_sum = torch.zeros((), device=info.device)
     run.model.train()
@@ -540,7 +540,7 @@ def _loop(run: Run, start: int, stop: int, total_steps: int) -> None:
                                           **parts, **bad})
                 bar.set_postfix(loss=f"{out.loss.item():.3f}", img_s=f"{ips:.0f}",
                                 **{k: f"{v:.3g}" for k, v in parts.items()},
-                                **({"bad": bad["bad_images"]} if bad else {}))
+                                **({"bad": bad["bad_images"]} if bad else {}), refresh=False)
             bar.update(1)
             if epoch_end:
                 _epoch_end(run, meter, logger, done // run.steps_per_epoch, done, lr)

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import logging
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -24,6 +25,8 @@ def main(config: list[str], overrides: list[str], dry_run: bool = False) -> int:
     try:
         cfg = load_config(config, overrides)
         preflight(cfg)
+        if cfg.data.root and not Path(cfg.data.root).is_dir():
+            raise ConfigError(f"data.root={cfg.data.root}: no such folder")
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
@@ -40,6 +43,9 @@ def main(config: list[str], overrides: list[str], dry_run: bool = False) -> int:
         out = train(dataclasses.replace(cfg, run_dir=str(run_dir)))
     except (ConfigError, RunFolderError, FolderLockedError, DamagedFileError,
             DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:  # the dataset's files, where not a DatasetError
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (NonFiniteLossError, TooManyBadImages) as e:
