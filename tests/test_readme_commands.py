@@ -87,4 +87,5 @@ def test__a_missing_data_root_is_one_line_at_dry_run_and_at_run(tmp_path: Path,
     assert train.cli([f"data.root={empty}", "backbone.name=tiny_cnn", "train.device=cpu",
                       f"run_dir={tmp_path / 'run'}", "train.progress=false"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: Fashion-MNIST files") and str(empty) in err[0]
+    assert len(err) == 1 and err[0].startswith("error: Fashion-MNIST files")
+    assert str(empty) in err[0]
