@@ -12,6 +12,11 @@ import pytest
 from tests.slurm_fixtures import slurm_cluster  # noqa: F401  (session fixture)
 from trainer.datasets import write_idx
 
+# train.precision=auto / channels_last=auto resolve to fp32 on every CPU in the tests (child
+# processes too), whatever bf16 units the CI machine has: tests that compare exact numbers
+# stay exact. Tests of the bf16 path name it (train.precision=bf16) or fake the CPU.
+os.environ["SSLBENCH_CPU_BF16"] = "0"
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _index_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:

@@ -165,9 +165,10 @@ class TrainConfig:
     # auto | cpu | cuda | cuda:N. Bookkeeping: the resolved precision (what changes the
     # numbers) is compared on resume instead.
     device: str = field(default="auto", metadata=bookkeeping(check=_check_device))
-    # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    # auto (bf16 on GPU and on CPUs with bf16 matrix units, trainer.hardware; else fp32)
+    # | fp32 | bf16 | fp16
     precision: str = field(default="auto", metadata=one_of("auto", "fp32", "bf16", "fp16"))
-    # auto (on GPU) | true | false
+    # auto (where precision=auto picks bf16) | true | false
     channels_last: bool | str = field(default="auto", metadata={"check": _check_channels_last})
     compile: bool = False
     sync_bn: bool = True

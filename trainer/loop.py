@@ -43,6 +43,7 @@ from trainer.config import RunConfig, config_hash, default_run_dir, preflight
 from trainer.datasets import ImageSet, StreamSet, build_train_set
 from trainer.diagnostics import MetricsLogger, embedding_stats
 from trainer.dist import DistInfo, convert_sync_bn, init_distributed
+from trainer.hardware import cpu_prefers_bf16
 from trainer.io import atomic_torch_save, atomic_write_text, git_sha
 from trainer.optim import build_optimizer, lr_factor, peak_lr, scaled_step, set_lr
 from trainer.progress import progress_bar
@@ -128,15 +129,20 @@ class Run:
         return torch.autocast(self.info.device.type, dtype=dtype)
 
 
+def _auto_fast(info: DistInfo) -> bool:
+    """``auto``: bf16 + channels_last on a GPU, and on a CPU with bf16 matrix units."""
+    return info.device.type == "cuda" or (info.device.type == "cpu" and cpu_prefers_bf16())
+
+
 def _precision(cfg: RunConfig, info: DistInfo) -> str:
     p = cfg.train.precision
-    return ("bf16" if info.device.type == "cuda" else "fp32") if p == "auto" else p
+    return ("bf16" if _auto_fast(info) else "fp32") if p == "auto" else p
 
 
 def _channels_last(cfg: RunConfig, info: DistInfo) -> bool:
     c = cfg.train.channels_last
     if c == "auto":
-        return info.device.type == "cuda"
+        return _auto_fast(info)
     if not isinstance(c, bool):
         raise ValueError(f"train.channels_last must be auto, true or false, got {c!r}")
     return c
@@ -481,7 +487,8 @@ def train(cfg: RunConfig) -> Path:
     total_steps = run.steps_per_epoch * cfg.train.epochs
     stop = min(total_steps, cfg.train.max_steps) if cfg.train.max_steps else total_steps
     resolved = {"world_size": info.world_size, "device": str(info.device),
-                "precision": _precision(cfg, info), "peak_lr": run.peak_lr,
+                "precision": _precision(cfg, info),
+                "channels_last": _channels_last(cfg, info), "peak_lr": run.peak_lr,
                 "steps_per_epoch": run.steps_per_epoch, "total_steps": total_steps,
                 "train_images": len(run.train_set)}
     if run.streamed:

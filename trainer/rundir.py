@@ -44,11 +44,11 @@ CONFIG, CHECKPOINT, BACKBONE, METRICS = "config.yaml", "checkpoint.pth", "backbo
     "metrics.jsonl"
 # Resolved values in config.yaml that change what the weights are: a folder whose weights
 # were made with other values holds another experiment (e.g. data.root at other data).
-RESOLVED = ("train_images", "steps_per_epoch", "total_steps", "precision")
+RESOLVED = ("train_images", "steps_per_epoch", "total_steps", "precision", "channels_last")
 # Settings whose resolved value config.yaml records: two values that resolved alike on the
 # machines that ran them are the same experiment (precision=auto that resolved to fp32 and
 # an explicit precision=fp32).
-RESOLVED_FROM = {"train.precision": "precision"}
+RESOLVED_FROM = {"train.precision": "precision", "train.channels_last": "channels_last"}
 
 
 class RunFolderError(RuntimeError):
@@ -230,8 +230,9 @@ def _write(path: Path, cfg: RunConfig, resolved: dict[str, Any], previous: dict[
            bookkeeping: dict[str, tuple[Any, Any]]) -> None:
     """config.yaml: this session's provenance, the history of sessions, the config."""
     session = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "git_sha": git_sha(),
-               "job_id": job_id(), **{k: resolved.get(k) for k in ("device", "world_size",
-                                                                     "precision", "start_step")}}
+               "job_id": job_id(),
+               **{k: resolved.get(k) for k in ("device", "world_size", "precision",
+                                               "channels_last", "start_step")}}
     if bookkeeping:
         session["changed"] = {k: [a, b] for k, (a, b) in bookkeeping.items()}
     sessions = list((previous or {}).get("sessions") or [])
