@@ -41,6 +41,7 @@ from benchmarks.lightly_parts import PILImages, lightly_model, lightly_optimizer
 from trainer.config import load_config
 from trainer.datasets import DATASETS, ImageSet, channel_stats
 from trainer.dist import init_distributed
+from trainer.hardware import cpu_prefers_bf16
 from trainer.io import git_sha
 from trainer.loop import build_run, train_step
 from trainer.optim import peak_lr
@@ -84,7 +85,8 @@ class Settings:
     steps: int = 10  # timed steps per side
     warmup: int = 2  # untimed steps per side (lightly: plus its prefetch depth)
     device: str = "cpu"  # cpu | cuda
-    precision: str = "auto"  # auto (bf16 on cuda, fp32 on cpu) | fp32 | bf16
+    precision: str = "auto"  # auto (the trainer's: bf16 on cuda and bf16-unit CPUs) | fp32 | bf16
+    channels_last: str = "auto"  # auto (where precision auto is bf16) | true | false
     compile_ours: bool = False  # torch.compile our model (train.compile)
     compile_lightly: bool = False  # torch.compile the lightly model
     num_workers: int = 1  # lightly's DataLoader processes (CLI default: cores - 1, min 1)
@@ -158,8 +160,11 @@ def lightly_side(method: str, s: Settings, images: ImageSet, method_cfg: Any,
 
 def resolved(s: Settings) -> tuple[str, bool]:
     """(precision, channels_last), resolved as the trainer's ``auto``, for both sides."""
-    auto = "bf16" if s.device == "cuda" else "fp32"
-    return (auto if s.precision == "auto" else s.precision), s.device == "cuda"
+    fast = s.device == "cuda" or (s.device == "cpu" and cpu_prefers_bf16())
+    precision = ("bf16" if fast else "fp32") if s.precision == "auto" else s.precision
+    if s.channels_last not in ("auto", "true", "false"):
+        raise ValueError(f"channels_last must be auto, true or false; got {s.channels_last!r}")
+    return precision, fast if s.channels_last == "auto" else s.channels_last == "true"
 
 
 def ours_side(method: str, s: Settings, images: ImageSet,

@@ -81,3 +81,25 @@ def test__unknown_method_is_rejected(fmnist_root: Path) -> None:
     settings = throughput.make_settings("cpu", data_root=str(fmnist_root), num_workers=0)
     with pytest.raises(ValueError, match="methods must be among"):
         throughput.run_benchmark(["moco"], settings)
+
+
+def test__cpu_precision_reports_every_variant_and_the_lightly_comparison(
+        fmnist_root: Path, tmp_path: Path, one_thread: None) -> None:
+    from benchmarks import cpu_precision
+
+    out = tmp_path / "cpu.json"
+    args = cpu_precision.parse_args(
+        ["--widths", "4", "--backbone", "tiny_cnn", "--batch-size", "8", "--steps", "1",
+         "--warmup", "1", "--num-images", "16", "--data-root", str(fmnist_root),
+         "--variants", "fp32", "bf16+cl", "--note", "test", "--out", str(out)])
+    report = cpu_precision.run(args, out)
+    assert json.loads(out.read_text()) == report
+    assert [(r["width"], r["variant"]) for r in report["results"]] == [(4, "fp32"),
+                                                                       (4, "bf16+cl")]
+    for r in report["results"]:
+        assert r["images_per_s"] > 0 and r["images_per_cpu_s"] > 0 and r["first_step_s"] > 0
+    assert report["machine"]["nproc"] >= 1 and report["machine"]["cpu_model"]
+    assert report["lightly"]["variant"] in ("fp32", "bf16+cl")
+    assert report["lightly"]["result"]["ratio"] > 0
+    table = cpu_precision.format_table(report)
+    assert "| 4 | bf16+cl |" in table and "ours vs lightly" in table
