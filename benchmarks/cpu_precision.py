@@ -6,11 +6,11 @@
 A step is the trainer's own (``trainer.loop.train_step`` on a ``build_run``, the cpu preset
 of ``benchmarks/throughput.py``: VICReg, projector 2048-2048-2048, LARS): two views of B
 real Fashion-MNIST images augmented, forward, fp32 loss, backward, optimizer step. Per
-variant: images/s over the timed steps (wall clock) and images per CPU-second (the process's CPU time, all threads:
-the rate a shared machine cannot distort as much), and for compile the first step's time
-(compilation included). Then ours against lightly (``benchmarks/throughput.py``), both
-sides at the variant that was fastest for ours here. The JSON is rewritten after every
-variant, so a cut run keeps what it measured.
+variant: images/s over the timed steps (wall clock) and images per CPU-second (the process's
+CPU time, all threads: the rate a shared machine cannot distort as much), and for compile
+the first step's time (compilation included). Then ours against lightly
+(``benchmarks/throughput.py``), both sides at the variant that was fastest for ours here.
+The JSON is rewritten after every variant, so a cut run keeps what it measured.
 """
 # ruff: noqa: E402
 
