@@ -1,4 +1,4 @@
-"""``make demo``: the whole chain on Fashion-MNIST on a CPU, in about 15 minutes.
+"""``make demo``: the whole chain on Fashion-MNIST on a CPU (about 20 minutes on 2 cores).
 
 1. ``make sweep`` of ``sweeps/specs/demo.yaml`` (VICReg, local processes; a re-run
    resumes or skips the finished run);
