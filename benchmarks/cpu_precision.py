@@ -1,4 +1,4 @@
-"""The trainer's CPU training step in fp32, bf16, bf16 + channels_last and + torch.compile.
+"""The trainer's CPU training step in fp32, bf16, + channels_last, + torch.compile.
 
     python benchmarks/cpu_precision.py                      # widths 16 and 32, then lightly
     python benchmarks/cpu_precision.py --widths 16 --steps 3 --no-lightly --note "shared"
@@ -39,8 +39,8 @@ from trainer.io import atomic_write_text, git_sha
 SCHEMA = "sslbench.cpu_precision/1"
 # (name, precision, channels_last, compile)
 VARIANTS = (("fp32", "fp32", "false", False), ("fp32+cl", "fp32", "true", False),
-            ("bf16", "bf16", "false", False), ("bf16+cl", "bf16", "true", False),
-            ("bf16+cl+compile", "bf16", "true", True))
+            ("fp32+compile", "fp32", "false", True), ("bf16", "bf16", "false", False),
+            ("bf16+cl", "bf16", "true", False), ("bf16+cl+compile", "bf16", "true", True))
 
 
 def cpu_model() -> str:
