@@ -71,22 +71,30 @@ def test__stop_and_resume_mid_epoch_is_bit_identical(fmnist_root: Path, tmp_path
     assert_bit_identical(final_state(straight), final_state(split))
 
 
-def test__killed_process_resumes_to_identical_weights(fmnist_root: Path, tmp_path: Path) -> None:
-    straight = train(load_config(overrides=overrides(fmnist_root, tmp_path / "a",
-                                                     "train.epochs=4")))
-    killed = tmp_path / "k"
-    args = overrides(fmnist_root, killed, "train.epochs=4", "train.ckpt_every_steps=2")
+def kill_after_first_checkpoint(args: list[str], run_dir: Path) -> int:
+    """Start ``trainer.train args`` in a child, SIGKILL it once its first checkpoint exists;
+    return the checkpoint's step (the backbone export must not exist yet)."""
     # Same thread count as this process: bit-exactness holds for a fixed reduction order.
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen([sys.executable, "-m", "trainer.train", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ckpt = killed / "checkpoint.pth"
+    ckpt = run_dir / "checkpoint.pth"
     deadline = time.time() + 120
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    step = torch.load(ckpt, weights_only=True)["step"]
+    assert ckpt.exists(), "the run wrote no checkpoint before it ended"
+    assert not (run_dir / "backbone.pth").exists(), "the process should have been killed mid-run"
+    return torch.load(ckpt, weights_only=True)["step"]
+
+
+def test__killed_process_resumes_to_identical_weights(fmnist_root: Path, tmp_path: Path) -> None:
+    straight = train(load_config(overrides=overrides(fmnist_root, tmp_path / "a",
+                                                     "train.epochs=4")))
+    killed = tmp_path / "k"
+    args = overrides(fmnist_root, killed, "train.epochs=4", "train.ckpt_every_steps=2")
+    step = kill_after_first_checkpoint(args, killed)
     assert 0 < step < 32, "the process should have been killed mid-run"
     assert not (killed / "backbone.pth").exists()
     train(load_config(overrides=args))

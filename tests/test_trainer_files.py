@@ -5,11 +5,8 @@ folders with and without a probe, and the refusals (missing root, dry-run)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +16,7 @@ import yaml
 from dataroom import TooManyBadImages
 from dataroom.synthetic import write_tree
 from tests.ddp_utils import run_ddp
-from tests.test_trainer import assert_bit_identical, final_state
+from tests.test_trainer import assert_bit_identical, final_state, kill_after_first_checkpoint
 from trainer.config import load_config
 from trainer.loop import train
 
@@ -102,16 +99,7 @@ def test__killed_process_resumes_mid_epoch_to_identical_weights(jpeg_tree: Path,
     straight = train(load_config(overrides=small(tmp_path / "a", *extra)))
     killed = tmp_path / "k"
     args = small(killed, *extra, "train.ckpt_every_steps=3")
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.Popen([sys.executable, "-m", "trainer.train", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ckpt = killed / "checkpoint.pth"
-    deadline = time.time() + 120
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    step = torch.load(ckpt, weights_only=True)["step"]
+    step = kill_after_first_checkpoint(args, killed)
     assert 0 < step < 3 * SPE, "the process should have been killed mid-run"
     assert not (killed / "backbone.pth").exists()
     train(load_config(overrides=args))
