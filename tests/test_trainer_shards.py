@@ -14,19 +14,9 @@ import yaml
 from dataroom.shards import open_source, write_shards
 from dataroom.synthetic import write_tree
 from tests.test_trainer import assert_bit_identical, final_state, kill_after_first_checkpoint
+from tests.test_trainer_files import CLASSES, SPE, small
 from trainer.config import load_config
 from trainer.loop import train
-
-CLASSES = ("apple", "boat", "cloud", "dog")
-BATCH, SPE = 16, 4  # 64 training images: 4 steps per epoch
-
-
-def small(run_dir: Path, *extra: str) -> list[str]:
-    return [f"run_dir={run_dir}", "backbone.name=tiny_cnn", "backbone.width=4",
-            "method.projector=32-32", "aug.crop_size=16", f"train.batch_size={BATCH}",
-            "train.epochs=2", "train.ckpt_every_steps=3", "train.log_every_steps=2",
-            "train.progress=false", "train.tensorboard=false", "train.device=cpu",
-            "data.val_samples=16", "data.num_workers=0", *extra]
 
 
 @pytest.fixture(scope="module")
