@@ -74,3 +74,15 @@ def imagenet_env(imagenet_tree: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """``$SSLBENCH_IMAGENET`` set to :func:`imagenet_tree` (what the paper specs read)."""
     monkeypatch.setenv("SSLBENCH_IMAGENET", str(imagenet_tree))
     return imagenet_tree
+
+
+@pytest.fixture(scope="module")
+def jpeg_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``train/<class>/`` 4 × 16 and ``val/<class>/`` 4 × 4 photograph-like JPEGs (40×48)."""
+    from dataroom.synthetic import write_tree
+
+    root = tmp_path_factory.mktemp("jpegs")
+    classes = ("apple", "boat", "cloud", "dog")  # tests.test_trainer_files.CLASSES
+    write_tree(root, {**{f"train/{c}": 16 for c in classes}, **{f"val/{c}": 4 for c in classes}},
+               size=(40, 48))
+    return root

@@ -37,15 +37,6 @@ def folder(root: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def jpeg_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``train/<class>/`` 4 × 16 and ``val/<class>/`` 4 × 4 photograph-like JPEGs (40×48)."""
-    root = tmp_path_factory.mktemp("jpegs")
-    write_tree(root, {**{f"train/{c}": 16 for c in CLASSES}, **{f"val/{c}": 4 for c in CLASSES}},
-               size=(40, 48))
-    return root
-
-
-@pytest.fixture(scope="module")
 def unlabeled_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """64 JPEGs at several depths, no classes."""
     root = tmp_path_factory.mktemp("unlabeled")

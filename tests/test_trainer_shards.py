@@ -12,33 +12,24 @@ import pytest
 import yaml
 
 from dataroom.shards import open_source, write_shards
-from dataroom.synthetic import write_tree
 from tests.test_trainer import assert_bit_identical, final_state, kill_after_first_checkpoint
-from tests.test_trainer_files import CLASSES, SPE, small
+from tests.test_trainer_files import SPE, small
 from trainer.config import load_config
 from trainer.loop import train
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("jpegs")
-    write_tree(root, {**{f"train/{c}": 16 for c in CLASSES}, **{f"val/{c}": 4 for c in CLASSES}},
-               size=(40, 48))
-    return root
-
-
-@pytest.fixture(scope="module")
-def shard_dir(tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def shard_dir(jpeg_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("shards") / "set"
-    write_shards(open_source(str(tree)), out, shard_size=20_000)
+    write_shards(open_source(str(jpeg_tree)), out, shard_size=20_000)
     return out
 
 
-def test__shards_train_with_loader_workers_and_a_probe(shard_dir: Path, tree: Path,
+def test__shards_train_with_loader_workers_and_a_probe(shard_dir: Path, jpeg_tree: Path,
                                                        tmp_path: Path) -> None:
     run = train(load_config(overrides=small(
         tmp_path / "r", "data.name=shards", f"data.root={shard_dir}", "data.num_workers=2",
-        f"data.val_root={tree / 'val'}")))
+        f"data.val_root={jpeg_tree / 'val'}")))
     lines = (run / "metrics.jsonl").read_text().splitlines()
     epochs = [r for r in map(json.loads, lines) if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2]
