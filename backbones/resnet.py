@@ -70,15 +70,22 @@ class ResNetBackbone(ResNet):
         width: Channels of the stem and layer1 (torchvision: 64); the stages have
             width × (1, 2, 4, 8). Keys are unchanged; a width other than 64 only
             changes shapes. Narrow ResNets make CPU-scale experiments practical.
+        stem_stride: Stride of the small stem's 3×3 ``conv1`` (1, the CIFAR stem, or 2:
+            layer1 at half the input size, ~4× fewer FLOPs — at 28 px, 14×14 maps into
+            layer1 instead of 28×28). Only with ``small_stem``; keys and shapes unchanged.
     """
 
     num_features: int
 
     def __init__(
         self, arch: str, *, small_stem: bool = False, zero_init_residual: bool = True,
-        width: int = 64,
+        width: int = 64, stem_stride: int = 1,
     ) -> None:
         spec = ARCHS[arch]
+        if stem_stride not in (1, 2) or (stem_stride != 1 and not small_stem):
+            raise ValueError(f"stem_stride must be 1 or 2, and 2 only for the {SMALL_SUFFIX} "
+                             f"variants (3×3 stem); got {stem_stride} for {arch}"
+                             f"{SMALL_SUFFIX if small_stem else ''}")
         super().__init__(
             spec.block,
             list(spec.layers),
@@ -94,7 +101,8 @@ class ResNetBackbone(ResNet):
         self.fc = nn.Identity()
         if small_stem:
             # At 32 px the 7×7/2 conv plus max-pool would leave 8×8 maps before layer1.
-            self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+            self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=stem_stride, padding=1,
+                                   bias=False)
             # Same init torchvision applies to every conv in ResNet.__init__.
             nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
             self.maxpool = nn.Identity()
@@ -132,7 +140,7 @@ class ResNetBackbone(ResNet):
         Returns:
             ``"res4"``: layer3 output ``(B, num_features // 2, H/16, W/16)`` and
             ``"res5"``: layer4 output ``(B, num_features, H/32, W/32)``; both 4× larger
-            in each spatial dimension with the small stem.
+            in each spatial dimension with the small stem (2× with ``stem_stride=2``).
         """
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer2(self.layer1(x))
@@ -149,9 +157,14 @@ class ResNetBackbone(ResNet):
 def _make_factory(arch: str, small_stem: bool) -> Callable[..., ResNetBackbone]:
     """One registry entry point; a closure so the seven archs share one body."""
 
-    def factory(*, zero_init_residual: bool = True, width: int = 64) -> ResNetBackbone:
-        return ResNetBackbone(arch, small_stem=small_stem, zero_init_residual=zero_init_residual,
-                              width=width)
+    if small_stem:
+        def factory(*, zero_init_residual: bool = True, width: int = 64,
+                    stem_stride: int = 1) -> ResNetBackbone:
+            return ResNetBackbone(arch, small_stem=True, zero_init_residual=zero_init_residual,
+                                  width=width, stem_stride=stem_stride)
+    else:
+        def factory(*, zero_init_residual: bool = True, width: int = 64) -> ResNetBackbone:
+            return ResNetBackbone(arch, zero_init_residual=zero_init_residual, width=width)
 
     name = arch + SMALL_SUFFIX if small_stem else arch
     stem = "3×3 stride-1 stem, no max-pool" if small_stem else "standard 7×7 stem"
@@ -161,6 +174,8 @@ def _make_factory(arch: str, small_stem: bool) -> Callable[..., ResNetBackbone]:
         "Args:\n"
         "    zero_init_residual: Start every residual block as the identity.\n"
         "    width: Base channel width (torchvision: 64); stages are width × (1, 2, 4, 8).\n"
+        + ("    stem_stride: 1 (CIFAR stem) or 2 (layer1 at half the input size, ~4× fewer "
+           "FLOPs).\n" if small_stem else "")
     )
     return factory
 

@@ -160,6 +160,29 @@ def test__resnet_taps_are_the_unpooled_last_two_stages(name: str, backbone: nn.M
     torch.testing.assert_close(taps["res5"].mean(dim=(2, 3)), h)
 
 
+def test__stride2_small_stem_halves_the_maps_and_keeps_the_keys() -> None:
+    torch.manual_seed(0)
+    stride1 = build_backbone("resnet18_small", width=16).eval()
+    torch.manual_seed(0)
+    stride2 = build_backbone("resnet18_small", width=16, stem_stride=2).eval()
+    x = _images()
+    with torch.no_grad():
+        taps1, taps2 = stride1.forward_taps(x), stride2.forward_taps(x)
+        h2 = stride2(x)
+
+    # Same keys and shapes, so a stride-2 checkpoint loads into torchvision's resnet18 too.
+    sd1, sd2 = stride1.state_dict(), stride2.state_dict()
+    assert {k: v.shape for k, v in sd1.items()} == {k: v.shape for k, v in sd2.items()}
+    assert stride2.conv1.stride == (2, 2)
+    assert taps1["res5"].shape[-1] == IMG_SIZE // 8
+    assert taps2["res4"].shape[-1] == IMG_SIZE // 8 and taps2["res5"].shape[-1] == IMG_SIZE // 16
+    torch.testing.assert_close(taps2["res5"].mean(dim=(2, 3)), h2)
+    with pytest.raises(ValueError, match="stem_stride must be 1 or 2"):
+        build_backbone("resnet18_small", stem_stride=4)
+    with pytest.raises(TypeError):  # the 7×7 stem has no such option
+        build_backbone("resnet18", stem_stride=2)
+
+
 def test__resnet50_taps_have_detectron2_widths() -> None:
     x = torch.zeros(BATCH_SIZE, 3, 64, 64)
     with torch.no_grad():
