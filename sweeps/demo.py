@@ -1,6 +1,6 @@
-"""``make demo``: the whole chain on Fashion-MNIST on a CPU (about 20 minutes on 2 cores).
+"""``make demo``: the whole chain on Fashion-MNIST on a CPU (about 12 minutes on 2 cores).
 
-1. ``make sweep`` of ``sweeps/specs/demo.yaml`` (VICReg, local processes; a re-run
+1. ``make sweep`` of ``sweeps/specs/demo.yaml`` (SimCLR, local processes; a re-run
    resumes or skips the finished run);
 2. frozen-feature probes on the same 10k labelled training images and the 10k test
    images:
