@@ -167,7 +167,7 @@ def _make_factory(arch: str, small_stem: bool) -> Callable[..., ResNetBackbone]:
             return ResNetBackbone(arch, zero_init_residual=zero_init_residual, width=width)
 
     name = arch + SMALL_SUFFIX if small_stem else arch
-    stem = "3×3 stride-1 stem, no max-pool" if small_stem else "standard 7×7 stem"
+    stem = "3×3 stem (stride 1, or 2), no max-pool" if small_stem else "standard 7×7 stem"
     factory.__name__ = factory.__qualname__ = name
     factory.__doc__ = (
         f"torchvision ``{arch}`` without ``fc`` ({stem}).\n\n"

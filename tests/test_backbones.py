@@ -170,7 +170,7 @@ def test__stride2_small_stem_halves_the_maps_and_keeps_the_keys() -> None:
         taps1, taps2 = stride1.forward_taps(x), stride2.forward_taps(x)
         h2 = stride2(x)
 
-    # Same keys and shapes, so a stride-2 checkpoint loads into torchvision's resnet18 too.
+    # Same keys and shapes: the stride is not in the weights, only in the checkpoint metadata.
     sd1, sd2 = stride1.state_dict(), stride2.state_dict()
     assert {k: v.shape for k, v in sd1.items()} == {k: v.shape for k, v in sd2.items()}
     assert stride2.conv1.stride == (2, 2)
