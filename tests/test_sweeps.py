@@ -118,6 +118,20 @@ def test__vicreg_default_spec_is_the_paper_recipe(tmp_path: Path) -> None:
     assert sweep.slurm.nodes * sweep.slurm.num_tasks_per_node == 32  # the paper's 32 GPUs
 
 
+@pytest.mark.usefixtures("imagenet_env")
+@pytest.mark.parametrize("method, gpus", [("vicreg", 32), ("barlow_twins", 32), ("simclr", 32),
+                                          ("byol", 32), ("simsiam", 8)])
+def test__paper_specs_ask_slurm_for_gpus_and_cores(method: str, gpus: int,
+                                                   tmp_path: Path) -> None:
+    # a paper recipe (ResNet-50, ImageNet, batch 512-4096) must not go out as a 1-CPU job
+    sweep = launch.plan(method=method, cluster="slurm", root=tmp_path)
+    s = sweep.slurm
+    assert s.nodes * s.gpus_per_node == gpus and s.num_tasks_per_node == s.gpus_per_node
+    assert s.cpus_per_task >= 8 and s.timeout_min >= 24 * 60
+    batch = sweep.runs[0].cfg.train.batch_size
+    assert batch % gpus == 0 and batch // gpus >= 64  # every GPU gets a real share
+
+
 def test__cpu_spec_gives_each_method_its_optimizer(tmp_path: Path) -> None:
     simsiam = launch.plan(method="simsiam", spec=SPEC_DIR / "cpu.yaml", cluster="local",
                           root=tmp_path)
