@@ -49,6 +49,8 @@ def pretrain(overrides: list[str]) -> Path:
     cpus = f"slurm.cpus_per_task={os.cpu_count() or 1}"
     sweep = plan(spec=SPEC, cluster="local", overrides=[cpus, *overrides])
     run = sweep.runs[0]
+    print(f"[demo] 1/4 pretraining {run.cfg.method.name} ({run.cfg.backbone.name}) on "
+          f"{run.cfg.data.name} through the sweep launcher")
     total = None
     result: dict[str, int] = {}
     worker = threading.Thread(target=lambda: result.setdefault("rc", launch(sweep, wait=True)))
@@ -106,7 +108,6 @@ def main(overrides: list[str], labelled: int = 10_000, suite: str = "mini",
     from results import plots, tables
 
     t0 = time.perf_counter()
-    print("[demo] 1/4 pretraining VICReg on Fashion-MNIST through the sweep launcher")
     run_dir = pretrain(overrides)
     t_train = time.perf_counter() - t0
     print("[demo] 2/4 frozen-feature probes: pretrained vs random init vs raw pixels")
