@@ -60,7 +60,9 @@ class SlurmConfig:
     gpus_per_node: int = field(default=0, metadata=at_least(0))
     # 0 = gpus_per_node, or 1 without GPUs
     tasks_per_node: int = field(default=0, metadata=at_least(0))
-    cpus_per_task: int = field(default=1, metadata=at_least(1))  # also torch's thread count
+    # also torch's thread count; 0 = 1 on SLURM, and on this machine (CLUSTER=local) its cores
+    # shared by the runs at once and their tasks
+    cpus_per_task: int = field(default=0, metadata=at_least(0))
     # runs at once: 0 = unlimited on SLURM, 1 for local processes (across launches)
     array_parallelism: int = field(default=0, metadata=at_least(0))
     # USR2 this long before the time limit -> checkpoint + requeue
@@ -206,16 +208,20 @@ def local_resources(slurm: SlurmConfig) -> SlurmConfig:
     A CPU request keeps its task count (CPU DDP); a GPU request gets one task per
     visible GPU (one task on a machine without any). The global batch, and so the
     results up to the reduction order, do not depend on the number of tasks.
+    ``cpus_per_task`` is capped at the machine's cores; 0 (unset) shares the cores
+    between the runs at once (``array_parallelism``) and their tasks.
     """
-    cpus = min(slurm.cpus_per_task, os.cpu_count() or 1)
     if slurm.gpus_per_node == 0:
-        return replace(slurm, nodes=1, tasks_per_node=slurm.nodes * slurm.num_tasks_per_node,
-                       cpus_per_task=cpus)
-    import torch
+        gpus, tasks = 0, slurm.nodes * slurm.num_tasks_per_node
+    else:
+        import torch
 
-    gpus = min(slurm.nodes * slurm.gpus_per_node, torch.cuda.device_count())
-    return replace(slurm, nodes=1, gpus_per_node=gpus, tasks_per_node=max(gpus, 1),
-                   cpus_per_task=cpus)
+        gpus = min(slurm.nodes * slurm.gpus_per_node, torch.cuda.device_count())
+        tasks = max(gpus, 1)
+    cores = os.cpu_count() or 1
+    share = max(1, cores // ((slurm.array_parallelism or 1) * tasks))
+    return replace(slurm, nodes=1, gpus_per_node=gpus, tasks_per_node=tasks,
+                   cpus_per_task=min(slurm.cpus_per_task or share, cores))
 
 
 def make_executor(cluster: str, folder: Path, slurm: SlurmConfig, *, dependency: str = "",
@@ -238,7 +244,7 @@ def make_executor(cluster: str, folder: Path, slurm: SlurmConfig, *, dependency:
                                local_max_num_timeout=slurm.max_num_timeout)
     params: dict[str, Any] = dict(
         name=slurm.job_name, timeout_min=slurm.timeout_min, nodes=slurm.nodes,
-        tasks_per_node=slurm.num_tasks_per_node, cpus_per_task=slurm.cpus_per_task,
+        tasks_per_node=slurm.num_tasks_per_node, cpus_per_task=slurm.cpus_per_task or 1,
         gpus_per_node=slurm.gpus_per_node or None, mem_gb=slurm.mem_gb or None)
     # Jobs import the repo's packages whatever the submission folder: put the repo on the path.
     setup = [f"export PYTHONPATH={shlex.quote(str(REPO_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}",

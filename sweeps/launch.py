@@ -20,7 +20,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,8 @@ def plan(method: str | None = None, spec: str | Path | None = None, cluster: str
     check_eval(evalc, f"{parsed.path}: eval")
     if where == "local":
         slurm = local_resources(slurm)
+    elif not slurm.cpus_per_task:
+        slurm = replace(slurm, cpus_per_task=1)  # SLURM's own default
     return Sweep(name, folder, parsed, method, where, slurm, evalc, runs)
 
 

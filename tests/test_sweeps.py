@@ -316,6 +316,23 @@ def test__local_resources_fit_this_machine() -> None:
     assert (cpu_ddp.nodes, cpu_ddp.num_tasks_per_node) == (1, 2)
 
 
+def test__unset_cpus_per_task_shares_the_cores_locally_and_is_1_on_slurm(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert local_resources(SlurmConfig()).cpus_per_task == 8  # one run at a time: all cores
+    assert local_resources(SlurmConfig(array_parallelism=2)).cpus_per_task == 4
+    assert local_resources(SlurmConfig(nodes=2, tasks_per_node=2)).cpus_per_task == 2
+    assert local_resources(SlurmConfig(array_parallelism=16)).cpus_per_task == 1
+    assert local_resources(SlurmConfig(cpus_per_task=3)).cpus_per_task == 3  # as asked
+    # through the launcher: a spec without a slurm section (sweeps/specs/demo.yaml)
+    local = launch.plan(spec=SPEC_DIR / "demo.yaml", cluster="local", root=tmp_path)
+    assert local.slurm.cpus_per_task == 8
+    job = launch.train_job(local, local.runs[0])
+    assert job.num_threads == 8
+    on_slurm = launch.plan(spec=SPEC_DIR / "demo.yaml", cluster="slurm", root=tmp_path)
+    assert on_slurm.slurm.cpus_per_task == 1  # SLURM's default; a spec asks for more
+
+
 # ----------------------------------------------------------------------------- status
 
 
