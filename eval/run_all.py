@@ -135,10 +135,12 @@ def resolve_suite(name: str, overrides: list[str], only: str | None) -> Suite:
 
 
 def recorded(out: str, sha: str, name: str, spec: Suite, want: dict[str, Any],
-             backend: str | None, backbone: str, problems: list[str]) -> list[dict[str, Any]]:
+             backend: str | None, backbone: str, problems: list[str],
+             where: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The ``ok`` records of this benchmark made with the settings ``want`` (identity), on
-    this backbone (and detection backend); [] when there are none or a record of their
-    group is torn, missing or not ok (then the benchmark is measured again)."""
+    this backbone (and detection backend) and the data ``where`` (``data_root`` and the
+    resolved ``data`` paths); [] when there are none or a record of their group is torn,
+    missing or not ok (then the benchmark is measured again)."""
     found = find_records(out, problems, checkpoint_sha256=sha, benchmark=name,
                          protocol=spec.protocol, suite=spec.name, status="ok")
     same = []
@@ -147,6 +149,11 @@ def recorded(out: str, sha: str, name: str, spec: Suite, want: dict[str, Any],
         if (identity(config.get("benchmark"), config.get("run")) == want
                 and r.get("backbone") == backbone
                 and (not backend or (r.get("extra") or {}).get("backend") == backend)):
+            moved = [k for k, v in (where or {}).items() if k in config and config[k] != v]
+            if moved:  # the same settings on other data: measured again (and replaced)
+                problems.append(f"{name}: recorded with data_root {config.get('data_root')}, "
+                                f"now {(where or {}).get('data_root')}")
+                continue
             same.append(r)
     for r in same:
         for rid in r.get("group") or []:
@@ -207,6 +214,7 @@ def main(checkpoint: str, suite: str = "mini", data_root: str | None = None,
     counts = {k: (len(v) if isinstance(v, list) else v) for k, v in report.items()
               if k in ("matched", "missing", "unexpected", "dropped_head")} or None
     default = SUITES[spec.name]()
+    where = {"data_root": str(Path(root).expanduser()), "data": as_dict(paths)}
     records, problems = [], []
     for name, cfg in spec.benchmarks.items():
         backend = record_backend(cfg, meta)
@@ -214,7 +222,7 @@ def main(checkpoint: str, suite: str = "mini", data_root: str | None = None,
         base = default.benchmarks.get(name, cfg)
         var = variant(want, identity(as_dict(base), as_dict(default.run)))
         done = [] if force else recorded(out, sha, name, spec, want, backend, meta["backbone"],
-                                         problems)
+                                         problems, where)
         if done:
             print(f"{name}: already recorded with these settings ({len(done)} records); "
                   "--force to redo")
@@ -230,7 +238,7 @@ def main(checkpoint: str, suite: str = "mini", data_root: str | None = None,
         elif backend:
             _drop_backendless_attempt(out, sha, name, primary_metric(name, cfg), spec, var)
         config = {"suite": spec.name, "benchmark": as_dict(cfg), "run": as_dict(spec.run),
-                  "data_root": str(Path(root).expanduser()), "data": as_dict(paths),
+                  **where,
                   "checkpoint_format": meta["format"], "backbone_kwargs": meta["backbone_kwargs"],
                   "train_git_sha": meta.get("git_sha"), "mini_fingerprint": mini_fp}
         group = [make_record(

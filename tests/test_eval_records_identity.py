@@ -82,6 +82,27 @@ def test__new_settings_run_and_are_recorded_beside_the_old(mini_root: Path, chec
 
 
 @pytest.mark.slow
+def test__the_same_settings_on_another_data_root_are_measured_again(
+        mini_root: Path, checkpoint: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "rec"
+    first = _knn(checkpoint, mini_root, out)
+    other = tmp_path / "elsewhere"
+    other.symlink_to(mini_root, target_is_directory=True)  # same files, another --data-root
+    capsys.readouterr()
+    again = _knn(checkpoint, other, out)
+    printed = capsys.readouterr().out
+    assert "already recorded" not in printed
+    assert f"knn: recorded with data_root {mini_root}, now {other}" in printed
+    # measured again under the same ids: the records now name the new root
+    assert sorted(r["id"] for r in again) == sorted(r["id"] for r in first)
+    stored = [json.loads(p.read_text()) for p in out.glob("*.json")]
+    assert len(stored) == len(first) and {r["config"]["data_root"] for r in stored} == {str(other)}
+    assert {r["config"]["data"]["voc07"] for r in stored} == {str(other / "VOCdevkit/VOC2007")}
+    _knn(checkpoint, other, out)
+    assert "already recorded" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test__a_torn_record_is_measured_again(mini_root: Path, checkpoint: Path,
                                           tmp_path: Path, capsys) -> None:
     out = tmp_path / "rec"
