@@ -285,6 +285,30 @@ def test__dry_run_validates_the_dataset(jpeg_tree: Path, tmp_path: Path,
     assert code == 2 and "class list" in err and "no.txt" in err
 
 
+
+def test__a_batch_larger_than_the_training_set_is_one_line_before_anything_runs(
+        jpeg_tree: Path, fmnist_root: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture) -> None:
+    # 64 training images in the tree: 64 fits, 65 leaves an epoch without a step
+    code, _, err = _inproc(capsys, "--dry-run", *small(tmp_path / "r", *folder(jpeg_tree),
+                                                       "train.batch_size=64"))
+    assert code == 0, err
+    for flag in (["--dry-run"], []):
+        code, _, err = _inproc(capsys, *flag, *small(tmp_path / "r", *folder(jpeg_tree),
+                                                     "train.batch_size=65"))
+        assert code == 2 and err.strip().splitlines() == [
+            "config error: train.batch_size=65 exceeds the 64 training images of "
+            "data.name=image_folder: lower the batch (or give more images)"]
+    code, _, err = _inproc(capsys, "--dry-run", f"data.root={fmnist_root}", "data.num_samples=100",
+                           "train.batch_size=128")
+    assert code == 2 and "train.batch_size=128 exceeds the 100 training images" in err
+    # an in-memory set smaller than the batch without num_samples: found when it is read
+    code, _, err = _inproc(capsys, *small(tmp_path / "r2", f"data.root={fmnist_root}",
+                                          "train.batch_size=512"))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "train.batch_size=512 exceeds the" in err and "data.name=fashion_mnist" in err
+
+
 def test__paper_spec_without_imagenet_stops_before_submitting(
         tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """``make sweep METHOD=vicreg`` without a data folder: never Fashion-MNIST, never a job."""

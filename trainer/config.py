@@ -460,9 +460,24 @@ def check_data(cfg: RunConfig) -> None:
                               f"image files of data.name={cfg.data.name} (select classes with "
                               "data.class_list)")
         try:
-            build_train_set(cfg.data)
+            images = len(build_train_set(cfg.data))
         except DatasetError as e:
             raise DataRootError(f"data.name={cfg.data.name}: {e}") from None
+        check_batch(cfg, images)
+    elif cfg.data.num_samples:
+        check_batch(cfg, cfg.data.num_samples)  # at most this many; the set is read at start
+
+
+def check_batch(cfg: RunConfig, images: int) -> None:
+    """A global batch no larger than the training set (an epoch drops its last partial batch).
+
+    Raises:
+        ConfigError: ``train.batch_size`` > ``images``.
+    """
+    if cfg.train.batch_size > images:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} exceeds the {images} "
+                          f"training images of data.name={cfg.data.name}: lower the batch "
+                          "(or give more images)")
 
 
 def preflight(cfg: RunConfig, *, device: bool = True, data: bool = True) -> None:

@@ -39,7 +39,7 @@ from dataroom import BadImageLedger, Batch, ViewSpec
 from methods.base import METHODS, Method, StepOutput
 from methods.dist import all_reduce_mean, is_distributed
 from trainer.augment import EvalTransform, MultiViewAugment, resolve_views
-from trainer.config import RunConfig, config_hash, default_run_dir, preflight
+from trainer.config import RunConfig, check_batch, config_hash, default_run_dir, preflight
 from trainer.datasets import ImageSet, StreamSet, build_train_set
 from trainer.diagnostics import MetricsLogger, embedding_stats
 from trainer.dist import DistInfo, convert_sync_bn, init_distributed
@@ -192,10 +192,8 @@ def build_run(cfg: RunConfig, info: DistInfo, run_dir: Path) -> Run:
     if global_batch % info.world_size:
         raise ValueError(f"train.batch_size={global_batch} is not divisible by the "
                          f"{info.world_size} processes")
+    check_batch(cfg, len(train_set))
     steps_per_epoch = len(train_set) // global_batch
-    if steps_per_epoch == 0:
-        raise ValueError(f"train.batch_size={global_batch} exceeds the {len(train_set)} "
-                         "training images")
     scaler = torch.amp.GradScaler(info.device.type, enabled=_precision(cfg, info) == "fp16")
     ledger = (BadImageLedger(steps_per_epoch * global_batch, cfg.data.max_bad_fraction)
               if isinstance(train_set, StreamSet) else None)
