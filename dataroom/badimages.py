@@ -9,7 +9,8 @@ the first bad files and why) once the epoch has more bad images than
 the decision is exact, not a running estimate, and the same at any step it is taken.
 
 In DDP each rank sees only its own rows: sum ``batch.num_bad`` over ranks (all-reduce)
-before :meth:`add`; the paths listed are this rank's.
+before :meth:`add`; each rank remembers its own paths, so before the stop (:meth:`over`
+is the same on every rank) gather them (:meth:`merge`) and the message lists every rank's.
 """
 
 from __future__ import annotations
@@ -67,6 +68,17 @@ class BadImageLedger:
     def count(self, epoch: int) -> int:
         """Replaced rows of ``epoch`` so far."""
         return self.counts.get(epoch, 0)
+
+    def over(self, epoch: int) -> bool:
+        """Whether ``epoch`` has more bad images than it allows (:meth:`check` would raise)."""
+        return self.count(epoch) > self.max_fraction * self.images_per_epoch
+
+    def merge(self, per_rank: Iterable[Iterable[tuple[str, str]]]) -> None:
+        """Keep the first bad files of every rank (rank order, at most 10 in all)."""
+        merged: list[tuple[str, str]] = []
+        for items in per_rank:
+            merged += [tuple(x) for x in items if tuple(x) not in merged]
+        self.first_bad = merged[:MAX_LISTED]
 
     def check(self, epoch: int) -> None:
         """Raise :class:`TooManyBadImages` when ``epoch`` is over its allowance."""

@@ -209,6 +209,27 @@ def test__too_many_bad_images_stop_the_run_listing_them(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr and str(bad[0]) in last
 
 
+def _ddp_train_keep_stop(rank: int, world: int, overrides: list[str], out: str) -> None:
+    try:
+        train(load_config(overrides=overrides))
+    except TooManyBadImages as e:
+        Path(out, f"stop-rank{rank}.txt").write_text(str(e))
+
+
+@pytest.mark.ddp
+def test__ddp_stop_on_bad_images_lists_the_files_of_every_rank(tmp_path: Path) -> None:
+    """2 gloo ranks: both bad files of epoch 0 fall in rank 0's rows (rows 0-7 of their
+    global batches), none in rank 1's; both ranks stop at the same step naming both files
+    (rank 1 named none before the paths were gathered)."""
+    bad = _bad_tree(tmp_path / "data")
+    run_ddp(_ddp_train_keep_stop, 2, small(tmp_path / "r", *folder(tmp_path / "data"),
+                                           "train.log_every_steps=4"), str(tmp_path))
+    for rank in (0, 1):
+        message = (tmp_path / f"stop-rank{rank}.txt").read_text()
+        assert message.startswith("data: 2 images of epoch 0 could not be decoded")
+        assert all(str(p) in message for p in bad), (rank, message)
+
+
 def test__unlabeled_folder_without_val_root_trains_with_the_probe_off(
         unlabeled_tree: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("INFO", "sslbench.trainer")

@@ -573,6 +573,10 @@ def _count_bad(run: Run, pending: dict[int, int], epoch: int) -> int:
             torch.distributed.all_reduce(counts)
         for e, n in zip(epochs, counts.tolist()):
             run.bad_images.add(e, n)
+            if is_distributed() and run.bad_images.over(e):  # the same on every rank
+                per_rank: list[Any] = [None] * torch.distributed.get_world_size()
+                torch.distributed.all_gather_object(per_rank, run.bad_images.first_bad)
+                run.bad_images.merge(per_rank)  # the stop lists every rank's files
             run.bad_images.check(e)
         pending.clear()
     return run.bad_images.count(epoch)
