@@ -58,14 +58,16 @@ def fmnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def imagenet_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny ImageNet-1k folder in the real layout (the 100 ImageNet-100 wnids, one small
-    photograph-like JPEG per class in train/ and val/), for planning the paper specs."""
+    """A small ImageNet-1k folder in the real layout (the 100 ImageNet-100 wnids; 41 tiny
+    photograph-like JPEGs per class in train/, 4100 in all, so the paper specs' largest
+    global batch (4096) fits; one per class in val/), for planning the paper specs."""
     from dataroom.imagenet100 import IMAGENET100_LIST
     from dataroom.synthetic import write_tree
 
     root = tmp_path_factory.mktemp("imagenet")
     wnids = IMAGENET100_LIST.read_text().split()[:100]
-    write_tree(root, {f"{s}/{w}": 1 for s in ("train", "val") for w in wnids}, size=(12, 16))
+    write_tree(root, {**{f"train/{w}": 41 for w in wnids}, **{f"val/{w}": 1 for w in wnids}},
+               size=(12, 16))
     return root
 
 

@@ -63,7 +63,7 @@ def test__imagenet100_is_read_from_image_files(imagenet_tree: Path,
 
     stream = DATASETS.build("imagenet100", root=str(imagenet_tree), split="train")
     assert is_streamed("imagenet100") and isinstance(stream, StreamSet)
-    assert stream.num_images == 100 and len(stream.classes) == 100 and stream.val is not None
+    assert stream.num_images == 4100 and len(stream.classes) == 100 and stream.val is not None
     with pytest.raises(DatasetError, match=r"\$SSLBENCH_IMAGENET"):
         DATASETS.build("imagenet100", root="", split="train")
 
