@@ -302,14 +302,18 @@ if ! pid_alive "$S/run/slurmdbd.pid" slurmdbd; then
 fi
 wait_for 30 "slurmdbd" sacctmgr_ok
 # register cluster (creates the 'root' account and root's association) and an account
-if ! timeout 10 sacctmgr -n -P show cluster format=cluster | grep -qx sslbench; then
+if ! timeout 10 sacctmgr -n -P show cluster format=cluster | grep -x sslbench >/dev/null; then
     timeout 10 sacctmgr -i add cluster sslbench >/dev/null || fail "sacctmgr add cluster failed"
 fi
-if ! timeout 10 sacctmgr -n -P show account format=account | grep -qx sslbench; then
+if ! timeout 10 sacctmgr -n -P show account format=account | grep -x sslbench >/dev/null; then
     timeout 10 sacctmgr -i add account sslbench cluster=sslbench \
         description=sslbench organization=sslbench >/dev/null || fail "sacctmgr add account failed"
 fi
 
+# NOTE: under pipefail, `cmd | grep -q x` fails when grep exits at its first match and cmd then
+# dies of SIGPIPE (exit 141): `|| ip addr add` ran on an address already there ("Address
+# already assigned", a multi-node test flaked on it). Pipelines here read all of their input
+# (`grep ... >/dev/null`).
 # ---------------------------------------------------------------- network (N >= 2)
 # bridge $P-br0 ($CTLD_ADDR/24 on the host side) + per node: namespace $P-node<i>, a veth
 # pair (host end $P-node<i>h on the bridge, eth0 inside with $SUBNET.(10+i)). Idempotent.
@@ -317,12 +321,12 @@ net_up() {
     local n i addr
     ip link show "$P-br0" >/dev/null 2>&1 || ip link add "$P-br0" type bridge \
         || fail "cannot create bridge $P-br0"
-    ip -o addr show dev "$P-br0" | grep -q " $CTLD_ADDR/24 " || ip addr add "$CTLD_ADDR/24" dev "$P-br0"
+    ip -o addr show dev "$P-br0" | grep -F " $CTLD_ADDR/24 " >/dev/null || ip addr add "$CTLD_ADDR/24" dev "$P-br0"
     ip link set "$P-br0" up
     for n in "${NODE_NAMES[@]}"; do
         addr=$(node_addr "$n")
         [ -e "/run/netns/$n" ] || ip netns add "$n" || fail "cannot create network namespace $n"
-        if ! ip -n "$n" -o addr show dev eth0 2>/dev/null | grep -q " $addr/24 "; then
+        if ! ip -n "$n" -o addr show dev eth0 2>/dev/null | grep -F " $addr/24 " >/dev/null; then
             ip link del "${n}h" 2>/dev/null || true
             ip link add "${n}h" type veth peer name "${n}c" || fail "cannot create veth ${n}h"
             ip link set "${n}c" netns "$n"

@@ -54,7 +54,7 @@ our_leftovers() {
         [ "$pid" = $$ ] && continue
         comm=$(cat "$d/comm" 2>/dev/null) || continue
         [ "$comm" = slurmstepd ] || continue
-        tr '\0' '\n' 2>/dev/null < "$d/environ" | grep -qx "SLURM_CONF=$CONF" && echo "$pid"
+        tr '\0' '\n' 2>/dev/null < "$d/environ" | grep -x "SLURM_CONF=$CONF" >/dev/null && echo "$pid"
     done
 }
 descendants() {  # all descendants of PID $1 (depth first)
