@@ -149,8 +149,8 @@ def recorded(out: str, sha: str, name: str, spec: Suite, want: dict[str, Any],
         if (identity(config.get("benchmark"), config.get("run")) == want
                 and r.get("backbone") == backbone
                 and (not backend or (r.get("extra") or {}).get("backend") == backend)):
-            moved = [k for k, v in (where or {}).items() if k in config and config[k] != v]
-            if moved:  # the same settings on other data: measured again (and replaced)
+            if any(k in config and config[k] != v for k, v in (where or {}).items()):
+                # the same settings on other data: measured again (and replaced)
                 problems.append(f"{name}: recorded with data_root {config.get('data_root')}, "
                                 f"now {(where or {}).get('data_root')}")
                 continue

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -46,8 +45,8 @@ def pretrain(overrides: list[str]) -> Path:
     from sweeps.launch import launch, plan
     from trainer.progress import progress_bar
 
-    cpus = f"slurm.cpus_per_task={os.cpu_count() or 1}"
-    sweep = plan(spec=SPEC, cluster="local", overrides=[cpus, *overrides])
+    # demo.yaml sets no slurm.cpus_per_task: the local run gets all of this machine's cores
+    sweep = plan(spec=SPEC, cluster="local", overrides=list(overrides))
     run = sweep.runs[0]
     print(f"[demo] 1/4 pretraining {run.cfg.method.name} ({run.cfg.backbone.name}) on "
           f"{run.cfg.data.name} through the sweep launcher")

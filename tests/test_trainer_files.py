@@ -306,7 +306,6 @@ def test__dry_run_validates_the_dataset(jpeg_tree: Path, tmp_path: Path,
     assert code == 2 and "class list" in err and "no.txt" in err
 
 
-
 def test__a_batch_larger_than_the_training_set_is_one_line_before_anything_runs(
         jpeg_tree: Path, fmnist_root: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture) -> None:
