@@ -1,6 +1,5 @@
 # sslbench: `make demo` and `make test` work on a fresh clone (they run setup first).
 PY      := .venv/bin/python
-PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 METHOD  ?= vicreg
 SUITE   ?= mini
@@ -12,9 +11,7 @@ ARGS    ?=
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@test -x $(PY) || python3 -m venv .venv
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[dev,bench]'
+	python3 sweeps/install_env.py dev,bench
 	@$(MAKE) --no-print-directory data
 	@touch $(STAMP)
 
