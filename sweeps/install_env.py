@@ -98,7 +98,10 @@ def main(argv: list[str]) -> int:
     target = f".[{extras}]" if extras else "."
     python, pip = VENV / "bin" / "python", VENV / "bin" / "pip"
     if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        if subprocess.run([sys.executable, "-m", "venv", str(VENV)]).returncode != 0:
+            print(f"setup: could not create {VENV} with `{sys.executable} -m venv` "
+                  "(on Debian/Ubuntu: apt install python3-venv)", file=sys.stderr)
+            return 1
     start = time.monotonic()
     if os.environ.get("SSLBENCH_INSTALLER", "auto") != "pip":
         uv = find_uv(pip)
