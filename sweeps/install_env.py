@@ -84,10 +84,9 @@ def uv_args(cfg: dict[str, str]) -> tuple[list[str], dict[str, str]]:
 def find_uv(pip: Path) -> str | None:
     """A uv binary: the venv's, one on PATH, or a fresh `pip install uv` into the venv."""
     local = VENV / "bin" / "uv"
-    if local.exists():
-        return str(local)
-    if shutil.which("uv"):
-        return shutil.which("uv")
+    found = str(local) if local.exists() else shutil.which("uv")
+    if found:
+        return found
     got = subprocess.run([str(pip), "install", "-q", "--timeout", "20", "--retries", "1",
                           "uv>=0.5"], capture_output=True, text=True)
     return str(local) if got.returncode == 0 and local.exists() else None
