@@ -23,7 +23,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -328,27 +328,36 @@ def open_stream(run: Run, start: int, stop: int) -> Iterator[Batch]:
         local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
-def train_step(run: Run, step: int, total_steps: int, batch: Batch | None = None
+def train_step(run: Run, step: int, total_steps: int, batch: Batch | None = None,
+               mark: Callable[[str], None] | None = None
                ) -> tuple[StepOutput, Tensor, Tensor, float]:
     """One optimisation step; returns the method output, probe logits, labels and lr.
 
-    ``batch``: the loader's batch of ``step`` for a streamed set (None: in memory)."""
+    ``batch``: the loader's batch of ``step`` for a streamed set (None: in memory).
+    ``mark``: called with each phase's name as it ends ("augment", "forward",
+    "backward+optimizer"), for timing the step's parts (benchmarks/step_breakdown.py)."""
     if batch is None:
         views, y = _batch(run, step)
     else:
         if batch.step != step:
             raise RuntimeError(f"the loader gave step {batch.step}'s batch at step {step}")
         views, y = _stream_batch(run, batch)
+    if mark is not None:
+        mark("augment")
     factor = lr_factor(run.cfg.optim, step, run.steps_per_epoch, run.cfg.train.epochs)
     lr = set_lr(run.optimizer, run.peak_lr, factor)
     with run.autocast:
         out, logits, probe_loss = run.model(views, y)
+    if mark is not None:
+        mark("forward")
     run.optimizer.zero_grad(set_to_none=True)
     run.probe_optimizer.zero_grad(set_to_none=True)
     if scaled_step(run.scaler, out.loss + probe_loss, (run.optimizer, run.probe_optimizer)):
         # NOTE: an fp16 step the scaler skipped (overflowed gradients) moved no online
         # weight, so the hook (BYOL's EMA target) must not move either.
         run.module.method.after_optimizer_step(step, total_steps)
+    if mark is not None:
+        mark("backward+optimizer")
     return out, logits, y, lr
 
 
