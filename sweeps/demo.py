@@ -1,4 +1,4 @@
-"""``make demo``: the whole chain on Fashion-MNIST on a CPU (11-13 minutes on 2 cores).
+"""``make demo``: the whole chain on Fashion-MNIST on a CPU (10.6-11.8 min measured on 2 cores).
 
 1. ``make sweep`` of ``sweeps/specs/demo.yaml`` (SimCLR, local processes; a re-run
    resumes or skips the finished run);
