@@ -5,10 +5,12 @@
 
 The run is the trainer's own (``build_run`` on the resolved config, any ``key=value``
 override), and so is the step: ``trainer.loop.train_step``, timed phase by phase through its
-``mark`` hook (the device synchronised at each mark on a GPU). Reported per step: seconds and
-share of each phase, images/s, the process's CPU seconds, and the operators with the most
-self time over ``--profile-steps`` profiled steps (``torch.profiler``). In-memory datasets
-only: a streamed set's loader runs beside the step, so its cost is not a phase of the step.
+``mark`` hook (the device synchronised at each mark on a GPU). A streamed set (image files,
+shards) is read by the trainer's own loader (``open_stream``, ``data.num_workers``), and the
+time the step waits for its batch is the ``load`` phase (≈ 0 in memory, and for a loader that
+keeps up). Reported per step: seconds and share of each phase, images/s, the process's CPU
+seconds, and the operators with the most self time over ``--profile-steps`` profiled steps
+(``torch.profiler``).
 """
 # ruff: noqa: E402
 
@@ -19,6 +21,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,29 +31,36 @@ if __package__ in (None, ""):
 import torch
 
 from benchmarks.cpu_precision import machine
-from dataroom import DatasetError
+from dataroom import Batch, DatasetError
 from trainer.config import ConfigError, load_config, preflight
 from trainer.dist import init_distributed
 from trainer.io import atomic_write_text, git_sha
-from trainer.loop import Run, _channels_last, _precision, build_run, train_step
+from trainer.loop import Run, _channels_last, _precision, build_run, open_stream, train_step
 
 SCHEMA = "sslbench.step_breakdown/1"
-PHASES = ("augment", "forward", "backward+optimizer")
+# "load": waiting for a streamed set's loader; the rest are train_step's own marks
+PHASES = ("load", "augment", "forward", "backward+optimizer")
+Batches = Iterator[Batch] | None  # a streamed set's batches, one per step; None in memory
 
 
 def build(configs: list[str], overrides: list[str], run_dir: Path) -> Run:
     cfg = load_config(configs, [*overrides, "train.progress=false", "train.tensorboard=false",
                                 f"run_dir={run_dir}"])
     preflight(cfg)
-    run = build_run(cfg, init_distributed(cfg.train.device), run_dir)
-    if run.streamed:
-        raise ConfigError(f"step_breakdown times in-memory datasets; data.name="
-                          f"{cfg.data.name} is read from files while training (its loader "
-                          "runs beside the step): see benchmarks/train_files_vs_memory.py")
-    return run
+    return build_run(cfg, init_distributed(cfg.train.device), run_dir)
 
 
-def time_phases(run: Run, start: int, steps: int, total: int) -> dict[str, Any]:
+def step(run: Run, i: int, total: int, batches: Batches,
+         mark: Callable[[str], None] | None = None) -> None:
+    """Step ``i`` of the trainer, its batch from ``batches`` for a streamed set."""
+    batch = next(batches) if batches is not None else None
+    if mark is not None:
+        mark("load")
+    train_step(run, i, total, batch, mark=mark)
+
+
+def time_phases(run: Run, start: int, steps: int, total: int,
+                batches: Batches) -> dict[str, Any]:
     """Mean seconds per step of each phase over ``steps`` steps of ``train_step``."""
     sync = torch.cuda.synchronize if run.info.device.type == "cuda" else (lambda: None)
     spent = dict.fromkeys(PHASES, 0.0)
@@ -63,10 +73,10 @@ def time_phases(run: Run, start: int, steps: int, total: int) -> dict[str, Any]:
         clock[0] = now
 
     cpu0 = time.process_time()
-    for step in range(start, start + steps):
+    for i in range(start, start + steps):
         sync()
         clock[0] = time.perf_counter()
-        train_step(run, step, total, mark=mark)
+        step(run, i, total, batches, mark)
     cpu = time.process_time() - cpu0
     wall = sum(spent.values())
     batch = run.cfg.train.batch_size // run.info.world_size
@@ -76,15 +86,16 @@ def time_phases(run: Run, start: int, steps: int, total: int) -> dict[str, Any]:
             "cpu_s_per_step": cpu / steps, "steps": steps}
 
 
-def top_ops(run: Run, start: int, steps: int, total: int, k: int) -> list[dict[str, Any]]:
+def top_ops(run: Run, start: int, steps: int, total: int, k: int,
+            batches: Batches) -> list[dict[str, Any]]:
     """The ``k`` operators with the most self time (CPU, and CUDA on a GPU) per step."""
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if run.info.device.type == "cuda"
                                      else [])
     with profile(activities=acts) as prof:
-        for step in range(start, start + steps):
-            train_step(run, step, total)
+        for i in range(start, start + steps):
+            step(run, i, total, batches)
         if run.info.device.type == "cuda":
             torch.cuda.synchronize()
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0 or
@@ -101,10 +112,14 @@ def run_breakdown(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         run = build(args.config, args.overrides, Path(tmp))
         total = args.warmup + args.steps + args.profile_steps
-        for step in range(args.warmup):
-            train_step(run, step, total)
-        timed = time_phases(run, args.warmup, args.steps, total)
-        ops = top_ops(run, args.warmup + args.steps, args.profile_steps, total, args.top)
+        # one loader for all the steps, as in training (its workers start once)
+        batches = iter(open_stream(run, 0, total)) if run.streamed else None
+        for i in range(args.warmup):
+            step(run, i, total, batches)
+        timed = time_phases(run, args.warmup, args.steps, total, batches)
+        ops = top_ops(run, args.warmup + args.steps, args.profile_steps, total, args.top,
+                      batches)
+        del batches  # a streamed set's loader workers end here
         cfg = run.cfg
         return {
             "schema": SCHEMA, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -113,6 +128,8 @@ def run_breakdown(args: argparse.Namespace) -> dict[str, Any]:
                     "method": cfg.method.name, "backbone": cfg.backbone.name,
                     "backbone_kwargs": dict(cfg.backbone.cfg),
                     "batch_size": cfg.train.batch_size, "device": run.info.device.type,
+                    "data": cfg.data.name, "streamed": run.streamed,
+                    "num_workers": cfg.data.num_workers if run.streamed else None,
                     "precision": _precision(cfg, run.info),
                     "channels_last": _channels_last(cfg, run.info),
                     "threads": torch.get_num_threads()},
@@ -121,7 +138,8 @@ def run_breakdown(args: argparse.Namespace) -> dict[str, Any]:
 
 def format_table(report: dict[str, Any]) -> str:
     r, m = report["run"], report["machine"]
-    lines = [f"{r['method']} / {r['backbone']} {r['backbone_kwargs']}, batch {r['batch_size']}, "
+    lines = [f"{r['method']} / {r['backbone']} {r['backbone_kwargs']} on {r['data']}"
+             f"{' (streamed)' if r['streamed'] else ''}, batch {r['batch_size']}, "
              f"{r['device']} ({m['cpu_model']}, nproc {m['nproc']}), precision "
              f"{r['precision']}, channels_last {r['channels_last']}, {report['date'][:10]}: "
              f"{report['step_s']:.3f} s/step, {report['images_per_s']:.0f} images/s, "
